@@ -1,0 +1,43 @@
+"""App config: rewires Django's request signals to keepalive_mw's connection handling."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.core import signals
+from django.db import close_old_connections, connections
+from django.db.backends.signals import connection_created
+
+
+class KeepAliveConfig(AppConfig):
+    name = "keepalive_mw"
+    verbose_name = "keepalive_mw"
+
+    def ready(self) -> None:
+        from . import checks, forking, lifecycle
+
+        checks.register()
+        install(lifecycle)
+        forking.install()
+
+
+# Idempotence: ready() may run more than once (some test set-ups call django.setup() again).
+_installed = False
+
+
+def install(lifecycle) -> None:  # type: ignore[no-untyped-def]
+    """Take over the request signals and the creation of connections."""
+    global _installed
+    if _installed:
+        return
+    # Django's receiver closes connections at request start and end. It is removed;
+    # should something connect it again (Django's test client does after each request),
+    # it finds nothing to do on kept connections: they are given back before it runs,
+    # and carry no close_at of Django's.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    signals.request_started.connect(lifecycle.on_request_started, dispatch_uid="keepalive_mw")
+    signals.request_finished.connect(lifecycle.on_request_finished, dispatch_uid="keepalive_mw")
+    connection_created.connect(lifecycle.on_connection_created, dispatch_uid="keepalive_mw")
+    lifecycle._django_create_connection = connections.create_connection
+    connections.create_connection = lifecycle.create_connection
+    _installed = True

@@ -1,0 +1,137 @@
+"""System checks: invalid keepalive_mw configuration fails ``manage.py check``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from . import conf
+
+TAG = "keepalive_mw"
+
+
+def register() -> None:
+    checks.register(check_settings, TAG)
+    checks.register(check_databases, TAG)
+    checks.register(check_middleware, TAG)
+
+
+def _error(option: conf.Option, problem: str, where: str) -> checks.Error:
+    return checks.Error(
+        f"{where} {problem}.",
+        hint=f"{option.setting}: {option.meaning} (default {option.default!r}).",
+        id=f"keepalive_mw.{option.check_id}",
+    )
+
+
+def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for option in conf.OPTIONS:
+        problem = option.validate(conf.global_value(option))
+        if problem:
+            errors.append(_error(option, problem, option.setting))
+    known = {option.setting for option in conf.OPTIONS}
+    for name in dir(settings):
+        if name.startswith(conf.SETTING_PREFIX) and name not in known:
+            errors.append(checks.Warning(
+                f"Unknown setting {name}: keepalive_mw ignores it.",
+                hint="Known settings: " + ", ".join(sorted(known)) + ".",
+                id="keepalive_mw.W003",
+            ))
+    return errors
+
+
+def check_databases(**kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for alias, db in settings.DATABASES.items():
+        overrides = db.get(conf.ALIAS_KEY, True)
+        if isinstance(overrides, dict):
+            for name, value in overrides.items():
+                option = conf.OPTIONS_BY_NAME.get(name)
+                if option is None:
+                    errors.append(checks.Error(
+                        f"DATABASES[{alias!r}][{conf.ALIAS_KEY!r}] has an unknown key {name!r}.",
+                        hint="Keys are the setting names without KEEPALIVE_: "
+                        + ", ".join(conf.OPTIONS_BY_NAME) + ".",
+                        id="keepalive_mw.E011",
+                    ))
+                    continue
+                problem = option.validate(value)
+                if problem:
+                    where = f"DATABASES[{alias!r}][{conf.ALIAS_KEY!r}][{name!r}]"
+                    errors.append(_error(option, problem, where))
+        elif not isinstance(overrides, bool):
+            errors.append(checks.Error(
+                f"DATABASES[{alias!r}][{conf.ALIAS_KEY!r}] must be True, False or a dict.",
+                hint="False leaves the alias to Django; a dict overrides KEEPALIVE_* settings "
+                "for this alias, e.g. {'MAX_AGE': 60}.",
+                id="keepalive_mw.E010",
+            ))
+            continue
+        if overrides is False:
+            continue
+        errors.extend(_conflicts(alias, db))
+    return errors
+
+
+def _conflicts(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
+    found: list[checks.CheckMessage] = []
+    if conf.uses_native_pool(alias):
+        found.append(checks.Warning(
+            f"Database alias {alias!r} uses Django's connection pool (OPTIONS['pool']): "
+            "keepalive_mw leaves it to that pool.",
+            hint=f"Either remove OPTIONS['pool'] so that keepalive_mw keeps its connections, "
+            f"or set DATABASES[{alias!r}]['KEEPALIVE'] = False to say that the pool is meant.",
+            id="keepalive_mw.W004",
+        ))
+        return found
+    if db.get("CONN_MAX_AGE", 0) != 0:
+        found.append(checks.Warning(
+            f"Database alias {alias!r} sets CONN_MAX_AGE, which keepalive_mw replaces: "
+            "it is ignored for this alias.",
+            hint="Set CONN_MAX_AGE to 0 (or remove it) and use KEEPALIVE_MAX_AGE, or set "
+            f"DATABASES[{alias!r}]['KEEPALIVE'] = False to leave the alias to Django.",
+            id="keepalive_mw.W005",
+        ))
+    if db.get("CONN_HEALTH_CHECKS"):
+        found.append(checks.Warning(
+            f"Database alias {alias!r} sets CONN_HEALTH_CHECKS, which keepalive_mw "
+            "replaces: it is ignored for this alias.",
+            hint="Remove CONN_HEALTH_CHECKS; KEEPALIVE_HEALTH_CHECKS checks kept connections "
+            "without a round trip per request.",
+            id="keepalive_mw.W006",
+        ))
+    reset = db.get(conf.ALIAS_KEY, {}) if isinstance(db.get(conf.ALIAS_KEY), dict) else {}
+    if reset.get("RESET_SESSION", conf.global_value(conf.OPTIONS_BY_NAME["RESET_SESSION"])):
+        engine = db.get("ENGINE", "")
+        if "postgresql" not in engine:
+            found.append(checks.Warning(
+                f"KEEPALIVE_RESET_SESSION is only partly supported for alias {alias!r} "
+                f"({engine}).",
+                hint="MySQL/MariaDB: named locks are released, session variables and "
+                "temporary tables are not. SQLite: nothing is reset.",
+                id="keepalive_mw.W007",
+            ))
+    return found
+
+
+def check_middleware(**kwargs: Any) -> list[checks.CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if conf.MIDDLEWARE_PATH not in middleware:
+        return [checks.Warning(
+            f"{conf.MIDDLEWARE_PATH} is not in MIDDLEWARE: keepalive_mw cannot tell a "
+            "failed request from a successful one, so it rolls back every transaction "
+            "left open at request end.",
+            hint=f"Add {conf.MIDDLEWARE_PATH!r} first in MIDDLEWARE.",
+            id="keepalive_mw.W001",
+        )]
+    if middleware[0] != conf.MIDDLEWARE_PATH:
+        return [checks.Warning(
+            f"{conf.MIDDLEWARE_PATH} is not first in MIDDLEWARE: a middleware before it can "
+            "turn a response into an error it does not see.",
+            hint=f"Move {conf.MIDDLEWARE_PATH!r} to the top of MIDDLEWARE.",
+            id="keepalive_mw.W002",
+        )]
+    return []

@@ -1,0 +1,204 @@
+"""Settings: the one place keepalive_mw reads Django settings.
+
+Global settings are named ``KEEPALIVE_<NAME>``; an alias may override any of them in
+``DATABASES[alias]["KEEPALIVE"] = {"<NAME>": value, ...}`` or opt out with
+``DATABASES[alias]["KEEPALIVE"] = False``. Resolved per-alias configurations are cached
+and dropped whenever ``KEEPALIVE_*`` or ``DATABASES`` change (``override_settings``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.db import connections
+
+COMMIT_ON_SUCCESS = "commit_on_success"
+ROLLBACK = "rollback"
+END_OF_REQUEST_POLICIES = (COMMIT_ON_SUCCESS, ROLLBACK)
+
+MIDDLEWARE_PATH = "keepalive_mw.middleware.KeepAliveMiddleware"
+SETTING_PREFIX = "KEEPALIVE_"
+ALIAS_KEY = "KEEPALIVE"
+
+# Fraction of KEEPALIVE_MAX_AGE cut at random from each connection's lifetime, so that
+# connections opened together are not all closed (and reopened) together.
+MAX_AGE_JITTER = 0.025
+
+
+def _number_or_none(value: Any, *, positive: bool = False) -> str | None:
+    if value is None:
+        return None
+    return _number(value, positive=positive)
+
+
+def _number(value: Any, *, positive: bool = False) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return "must be a number of seconds"
+    if value < 0 or (positive and value == 0):
+        return "must be greater than 0" if positive else "must not be negative"
+    return None
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be True or False"
+
+
+def _policy(value: Any) -> str | None:
+    if value in END_OF_REQUEST_POLICIES:
+        return None
+    return "must be one of %s" % ", ".join(repr(p) for p in END_OF_REQUEST_POLICIES)
+
+
+def _count_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "must be None or a whole number of at least 1"
+    return None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name without prefix, default, validator and check id."""
+
+    name: str
+    default: Any
+    validate: Callable[[Any], str | None]
+    check_id: str
+    meaning: str
+
+    @property
+    def setting(self) -> str:
+        return SETTING_PREFIX + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("MAX_AGE", 600, _number_or_none, "E001",
+           "seconds a connection lives; None: no limit; 0: close after every request"),
+    Option("HEALTH_CHECKS", True, _bool, "E002",
+           "check a kept connection before reuse (no round trip unless needed)"),
+    Option("PING_AFTER", 30.0, _number_or_none, "E003",
+           "seconds idle after which reuse is preceded by a round-trip ping; None: never"),
+    Option("PING_TIMEOUT", 5.0, lambda v: _number(v, positive=True), "E004",
+           "seconds a ping may take before the connection is given up"),
+    Option("IDLE_TIMEOUT", 300.0, lambda v: _number_or_none(v, positive=True), "E005",
+           "seconds an unused kept connection stays open; None: no limit"),
+    Option("END_OF_REQUEST", COMMIT_ON_SUCCESS, _policy, "E006",
+           "what happens to a transaction still open at request end"),
+    Option("RESET_SESSION", False, _bool, "E007",
+           "reset session state (SET, temp tables, advisory locks) before reuse"),
+    Option("MAX_CONNECTIONS", None, _count_or_none, "E008",
+           "bound on connections per process and alias; None: unbounded"),
+    Option("WAIT_TIMEOUT", 30.0, _number, "E009",
+           "seconds a request waits at the bound before failing"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class AliasConfig:
+    """The keepalive settings in force for one alias."""
+
+    alias: str
+    max_age: float | None
+    health_checks: bool
+    ping_after: float | None
+    ping_timeout: float
+    idle_timeout: float | None
+    end_of_request: str
+    reset_session: bool
+    max_connections: int | None
+    wait_timeout: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {option.name: getattr(self, option.name.lower()) for option in OPTIONS}
+
+
+def global_value(option: Option) -> Any:
+    return getattr(settings, option.setting, option.default)
+
+
+def alias_overrides(alias: str) -> Any:
+    """Return ``DATABASES[alias]["KEEPALIVE"]``: True (default), False or a dict."""
+    return settings.DATABASES.get(alias, {}).get(ALIAS_KEY, True)
+
+
+def uses_native_pool(alias: str) -> bool:
+    return bool(settings.DATABASES.get(alias, {}).get("OPTIONS", {}).get("pool"))
+
+
+def resolve(alias: str) -> AliasConfig | None:
+    """Build the configuration of ``alias``; None when keepalive_mw leaves it alone."""
+    overrides = alias_overrides(alias)
+    if overrides is False or uses_native_pool(alias):
+        return None
+    if overrides is True:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}][{ALIAS_KEY!r}] must be True, False or a dict."
+        )
+    values = {}
+    for option in OPTIONS:
+        value = overrides.get(option.name, global_value(option))
+        problem = option.validate(value)
+        if problem:
+            raise ImproperlyConfigured(f"{option.setting} {problem} (alias {alias!r}).")
+        values[option.name.lower()] = value
+    return AliasConfig(alias=alias, **values)
+
+
+# Resolved configurations by alias (None = unmanaged); a miss means "not resolved yet".
+_configs: dict[str, AliasConfig | None] = {}
+# Aliases keepalive_mw leaves to Django's own end-of-request handling; None = unknown.
+_unmanaged: tuple[str, ...] | None = None
+
+
+def config_for(alias: str) -> AliasConfig | None:
+    """Return the cached configuration of ``alias`` (None when unmanaged)."""
+    try:
+        return _configs[alias]
+    except KeyError:
+        config = _configs[alias] = resolve(alias)
+        return config
+
+
+def unmanaged_aliases() -> tuple[str, ...]:
+    """Return the configured aliases keepalive_mw leaves to Django."""
+    global _unmanaged
+    if _unmanaged is None:
+        _unmanaged = tuple(alias for alias in connections if config_for(alias) is None)
+    return _unmanaged
+
+
+def managed_aliases() -> list[str]:
+    return [alias for alias in connections if config_for(alias) is not None]
+
+
+def clear_cache(**kwargs: Any) -> None:
+    global _unmanaged
+    _configs.clear()
+    _unmanaged = None
+
+
+def _on_setting_changed(setting: str, **kwargs: Any) -> None:
+    if setting.startswith(SETTING_PREFIX) or setting == "DATABASES":
+        clear_cache()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="keepalive_mw.conf")
+
+__all__ = [
+    "AliasConfig",
+    "COMMIT_ON_SUCCESS",
+    "OPTIONS",
+    "ROLLBACK",
+    "config_for",
+    "managed_aliases",
+    "unmanaged_aliases",
+]

@@ -1,0 +1,64 @@
+"""Fork safety: a child never uses, nor ends, the server sessions its parent opened.
+
+A forked child (gunicorn ``--preload``, Celery prefork, multiprocessing) inherits the
+parent's sockets. Using one from both processes mixes their protocol streams; closing one
+in the child sends the server a Terminate message that ends the parent's session. So in the
+child, each inherited socket is first pointed at /dev/null, then the driver's connection
+is closed: the driver writes its goodbye into /dev/null and the parent's session lives on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from django.db import connections
+
+from . import housekeeper, hygiene
+from .pool import all_pools, kept_of
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+def _forget_inherited(wrapper: BaseDatabaseWrapper) -> None:
+    kept = kept_of(wrapper)
+    raw = wrapper.connection
+    if kept is None or raw is None:
+        return
+    if kept.fd is not None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, kept.fd)
+        finally:
+            os.close(devnull)
+        try:
+            raw.close()
+        except Exception:
+            pass
+    # SQLite: the file is the database and the parent's locks are its own; drop it.
+    wrapper.connection = None
+    wrapper.in_atomic_block = False
+
+
+def after_fork_in_child() -> None:
+    """Drop every kept connection inherited from the parent process."""
+    from . import lifecycle
+
+    housekeeper.after_fork()
+    for pool in all_pools():
+        for wrapper in pool.after_fork():
+            _forget_inherited(wrapper)
+            pool.stats["connections_closed_" + hygiene.CLOSE_FORK] += 1
+    # Wrappers the forking thread held (a preloaded app that queried at import).
+    storage = connections._connections
+    for alias in connections:
+        wrapper = getattr(storage, alias, None)
+        if wrapper is not None and kept_of(wrapper) is not None:
+            _forget_inherited(wrapper)
+            delattr(storage, alias)
+    lifecycle.after_fork()
+
+
+def install() -> None:
+    os.register_at_fork(after_in_child=after_fork_in_child)

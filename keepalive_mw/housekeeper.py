@@ -1,0 +1,90 @@
+"""One background thread per process that closes kept connections nobody is using.
+
+Without it an idle connection would only be closed when a later request finds it too old;
+after a burst, or when traffic stops, sessions would stay open on the server for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from . import conf
+from .pool import all_pools
+
+logger = logging.getLogger("keepalive_mw")
+
+# Longest and shortest sleep between two rounds, in seconds.
+MAX_INTERVAL = 30.0
+MIN_INTERVAL = 0.5
+
+# True while this process's housekeeper thread runs; False again in a forked child.
+running = False
+_start_lock = threading.Lock()
+# Set to make the housekeeper run a round at once (tests, shutdown).
+_wake = threading.Event()
+
+
+def run_once(now: float | None = None) -> int:
+    """Close idle kept connections past their age or idle timeout; return how many."""
+    from .lifecycle import _close
+
+    if now is None:
+        now = time.monotonic()
+    closed = 0
+    for pool in all_pools():
+        config = conf.config_for(pool.alias)
+        if config is None:
+            expired = [(wrapper, "idle") for wrapper in pool.take_all_idle()]
+        else:
+            expired = pool.take_expired(config.max_age, config.idle_timeout, now)
+        for wrapper, reason in expired:
+            _close(wrapper, pool, reason)
+            closed += 1
+    return closed
+
+
+def interval() -> float:
+    """Sleep between rounds: half the shortest timeout in force, within bounds."""
+    shortest = MAX_INTERVAL
+    for pool in all_pools():
+        config = conf.config_for(pool.alias)
+        if config is not None:
+            for timeout in (config.idle_timeout, config.max_age):
+                if timeout:
+                    shortest = min(shortest, timeout / 2)
+    return max(MIN_INTERVAL, shortest)
+
+
+def _loop() -> None:
+    while True:
+        _wake.wait(interval())
+        _wake.clear()
+        try:
+            run_once()
+        except Exception:  # keep the thread alive whatever a round meets
+            logger.exception("keepalive_mw housekeeping round failed")
+
+
+def start() -> None:
+    """Start the housekeeper thread of this process if it is not running."""
+    global running
+    with _start_lock:
+        if running:
+            return
+        thread = threading.Thread(target=_loop, name="keepalive_mw-housekeeper", daemon=True)
+        thread.start()
+        running = True
+
+
+def wake() -> None:
+    _wake.set()
+
+
+def after_fork() -> None:
+    """In a forked child: the parent's thread is gone; start afresh when needed."""
+    global running, _start_lock, _wake
+    running = False
+    _start_lock = threading.Lock()
+    _wake = threading.Event()

@@ -1,0 +1,122 @@
+"""What happens to a connection between two uses: end-of-use cleanup and pre-reuse checks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from . import conf, health
+from .pool import KeptConnection
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+logger = logging.getLogger("keepalive_mw")
+
+# Reasons a kept connection is closed; the keys of the connections_closed_* counters.
+CLOSE_AGE = "age"
+CLOSE_BROKEN = "broken"
+CLOSE_IDLE = "idle"
+CLOSE_ERRORS = "errors"
+CLOSE_FORK = "fork"
+CLOSE_LEAKED_ATOMIC = "leaked_atomic"
+CLOSE_REASONS = (CLOSE_AGE, CLOSE_BROKEN, CLOSE_IDLE, CLOSE_ERRORS, CLOSE_FORK,
+                 CLOSE_LEAKED_ATOMIC)
+
+
+def end_of_use(
+    wrapper: BaseDatabaseWrapper,
+    kept: KeptConnection,
+    config: conf.AliasConfig,
+    failed: bool,
+    stats: dict[str, int],
+) -> str | None:
+    """Leave ``wrapper`` clean for its next user; return why it must be closed, or None.
+
+    Run in the thread that used the wrapper, after the request (or scope) is over.
+    """
+    alias = wrapper.alias
+    if wrapper.in_atomic_block:
+        # A transaction.atomic() block never exited (a leaked context manager, a
+        # generator abandoned mid-block): its work was never meant to be committed.
+        logger.warning(
+            "atomic block still open on database alias %r at request end: "
+            "rolled back, connection closed",
+            alias,
+        )
+        try:
+            wrapper.connection.rollback()
+        except Exception:
+            pass
+        stats["transactions_rolled_back"] += 1
+        wrapper.in_atomic_block = False
+        wrapper.atomic_blocks = []
+        wrapper.savepoint_ids = []
+        wrapper.needs_rollback = False
+        return CLOSE_LEAKED_ATOMIC
+
+    if health.driver_says_closed(wrapper.connection):
+        return CLOSE_BROKEN
+    kept.suspect = wrapper.errors_occurred
+    expected = wrapper.settings_dict["AUTOCOMMIT"]
+    try:
+        if health.transaction_open(wrapper):
+            if failed or config.end_of_request == conf.ROLLBACK:
+                wrapper.rollback()
+                stats["transactions_rolled_back"] += 1
+                action = "rolled back"
+            else:
+                wrapper.commit()
+                stats["transactions_committed"] += 1
+                action = "committed"
+            log = logger.debug if not expected else logger.warning
+            log("transaction left open on database alias %r %s at request end", alias, action)
+        if wrapper.autocommit != expected:
+            wrapper.set_autocommit(expected)
+        if config.reset_session:
+            health.reset_session(wrapper)
+    except Exception:
+        logger.exception(
+            "could not end the transaction on database alias %r at request end: "
+            "connection closed, the transaction is lost",
+            alias,
+        )
+        return CLOSE_ERRORS
+    wrapper.run_on_commit = []
+    wrapper.queries_log.clear()
+    if health.driver_says_closed(wrapper.connection):
+        return CLOSE_BROKEN
+    if kept.expired(config.max_age, time.monotonic()):
+        return CLOSE_AGE
+    kept.last_used_at = time.monotonic()
+    return None
+
+
+def fit_for_reuse(
+    wrapper: BaseDatabaseWrapper,
+    kept: KeptConnection,
+    config: conf.AliasConfig,
+    stats: dict[str, int],
+) -> str | None:
+    """Check an idle kept wrapper before handing it out; return why it is unfit, or None."""
+    now = time.monotonic()
+    if kept.expired(config.max_age, now):
+        return CLOSE_AGE
+    if not config.health_checks:
+        return None
+    stats["checks_free"] += 1
+    if health.driver_says_closed(wrapper.connection):
+        stats["checks_failed"] += 1
+        return CLOSE_BROKEN
+    fd = kept.fd
+    needs_ping = kept.suspect or (fd is not None and health.socket_has_news(fd))
+    if not needs_ping and config.ping_after is not None:
+        needs_ping = now - kept.last_used_at >= config.ping_after
+    if needs_ping:
+        stats["checks_ping"] += 1
+        if not health.ping(wrapper, fd, config.ping_timeout):
+            stats["checks_failed"] += 1
+            return CLOSE_BROKEN
+        kept.suspect = False
+    return None

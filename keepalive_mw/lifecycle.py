@@ -1,0 +1,248 @@
+"""A connection's life: checked out on first use, given back or closed when its use ends.
+
+``connections.create_connection`` is the one door: Django calls it the first time a thread
+(or greenlet, or async context) touches an alias, so a request that never touches an alias
+costs nothing for it. keepalive_mw hands out a kept wrapper from the alias's pool there,
+and takes it back when the request (or a ``scope``) that took it ends.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+from contextlib import ContextDecorator
+from typing import TYPE_CHECKING, Any, Callable
+
+from asgiref.local import Local
+from django.db import connections
+
+from . import conf, health, housekeeper, hygiene
+from .pool import AliasPool, KeptConnection, all_pools, kept_of, pool_for
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+logger = logging.getLogger("keepalive_mw")
+
+# How the request ended, as the middleware saw it; None when it did not see it.
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+
+# Per thread (per greenlet, per async context: the same storage as Django's connections):
+#   scopes  - open scopes, innermost last, each the list of wrappers it took;
+#   request - the scope of the request in progress on this thread, or None;
+#   outcome - SUCCEEDED or FAILED as the middleware saw the request, None if unseen.
+_state = Local(thread_critical=True)
+
+# Django's own ConnectionHandler.create_connection, bound to the connections object.
+_django_create_connection: Callable[[str], BaseDatabaseWrapper] | None = None
+
+
+def _scopes() -> list[list[BaseDatabaseWrapper]]:
+    """Open scopes of this thread, innermost last; each lists the wrappers it took."""
+    try:
+        return _state.scopes
+    except AttributeError:
+        _state.scopes = scopes = []
+        return scopes
+
+
+# -- checkout ------------------------------------------------------------------------------
+
+
+def create_connection(alias: str) -> BaseDatabaseWrapper:
+    """Replace ConnectionHandler.create_connection: hand out a kept wrapper if one is fit."""
+    config = conf.config_for(alias)
+    if config is None:
+        return _django_create_connection(alias)
+    pool = pool_for(alias)
+    stats = pool.stats
+    while True:
+        wrapper = pool.take(config.max_connections, config.wait_timeout)
+        if wrapper is None:
+            break
+        kept: KeptConnection = wrapper._keepalive
+        wrapper._thread_ident = _thread.get_ident()
+        reason = hygiene.fit_for_reuse(wrapper, kept, config, stats)
+        if reason is None:
+            stats["connections_reused"] += 1
+            _track(wrapper)
+            return wrapper
+        _close(wrapper, pool, reason)
+    try:
+        wrapper = _django_create_connection(alias)
+    except BaseException:
+        pool.forget()
+        raise
+    if wrapper.vendor == "sqlite" and wrapper.is_in_memory_db():
+        pool.forget()  # in-memory databases die with their connection: Django keeps them
+        return wrapper
+    wrapper._keepalive = KeptConnection()
+    _track(wrapper)
+    return wrapper
+
+
+def _track(wrapper: BaseDatabaseWrapper) -> None:
+    scopes = _scopes()
+    if scopes:
+        scopes[-1].append(wrapper)
+    # Outside any request or scope the wrapper stays with its thread, as in plain Django
+    # (management commands, a TestCase's connection): nothing gives it back.
+
+
+def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """Record a new server connection of a kept wrapper; take over Django's age and checks."""
+    kept = kept_of(connection)
+    if kept is None:
+        if connection.alias == "__no_db__":
+            # Django creates or drops a (test) database: kept sessions would block that.
+            close_idle()
+        return
+    kept.opened(health.socket_fd(connection.connection))
+    # keepalive_mw decides when to check and close; Django's close_old_connections, if
+    # something reconnects or calls it, finds nothing to do on a kept connection.
+    connection.close_at = None
+    connection.health_check_enabled = False
+    pool_for(connection.alias).stats["connections_opened"] += 1
+
+
+# -- release -------------------------------------------------------------------------------
+
+
+def release(wrappers: list[BaseDatabaseWrapper], failed: bool) -> None:
+    """Clean each wrapper a request (or scope) took and give it back, or close it."""
+    storage = connections._connections
+    for wrapper in wrappers:
+        alias = wrapper.alias
+        if getattr(storage, alias, None) is wrapper:
+            delattr(storage, alias)
+        pool = pool_for(alias)
+        config = conf.config_for(alias)
+        if wrapper.connection is None or config is None:
+            pool.forget()
+            continue
+        try:
+            reason = hygiene.end_of_use(wrapper, wrapper._keepalive, config, failed, pool.stats)
+        except Exception:
+            logger.exception("cleaning a connection of alias %r failed: closing it", alias)
+            reason = hygiene.CLOSE_ERRORS
+        if reason is None:
+            pool.give_back(wrapper)
+            if not housekeeper.running:
+                housekeeper.start()
+        else:
+            _close(wrapper, pool, reason)
+
+
+def _close(wrapper: BaseDatabaseWrapper, pool: AliasPool, reason: str) -> None:
+    """Close a kept wrapper for ``reason`` and free its slot; never raises."""
+    wrapper._thread_ident = _thread.get_ident()
+    wrapper.in_atomic_block = False
+    try:
+        wrapper.close()
+    except Exception:
+        wrapper.connection = None
+    pool.stats["connections_closed_" + reason] += 1
+    log = logger.warning if reason == hygiene.CLOSE_BROKEN else logger.info
+    log("closed a connection of database alias %r: %s", wrapper.alias, reason)
+    pool.forget()
+
+
+def close_idle(alias: str | None = None) -> int:
+    """Close the idle kept connections of ``alias`` (all aliases by default) in this process.
+
+    Return how many were closed. Connections in use by requests are not touched.
+    """
+    closed = 0
+    for pool in all_pools():
+        if alias is None or pool.alias == alias:
+            for wrapper in pool.take_all_idle():
+                _close(wrapper, pool, hygiene.CLOSE_IDLE)
+                closed += 1
+    return closed
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def on_request_started(sender: Any, **kwargs: Any) -> None:
+    """Open the request's scope; apply Django's own rules to aliases left to Django."""
+    leftover = getattr(_state, "request", None)
+    if leftover is not None:
+        # The previous request on this thread never sent request_finished (a WSGI server
+        # that does not call close()): end its use now, as a failure.
+        _end_request(failed=True)
+    _state.outcome = None
+    scope: list[BaseDatabaseWrapper] = []
+    _state.request = scope
+    _scopes().append(scope)
+    _django_rules()
+
+
+def on_request_finished(sender: Any, **kwargs: Any) -> None:
+    """Give back or close every kept connection the request took."""
+    if getattr(_state, "request", None) is not None:
+        # Without the middleware nobody says how the request ended (outcome None): roll
+        # back, since a commit cannot be taken back.
+        _end_request(failed=_state.outcome is not SUCCEEDED)
+    _django_rules()
+
+
+def _end_request(failed: bool) -> None:
+    request_scope = _state.request
+    _state.request = None
+    _state.outcome = None
+    scopes = _scopes()
+    if any(open_scope is request_scope for open_scope in scopes):
+        # Scopes opened inside the request and never closed end with it.
+        while scopes:
+            inner = scopes.pop()
+            if inner:
+                release(inner, failed)
+            if inner is request_scope:
+                break
+
+
+def _django_rules() -> None:
+    """Do what Django's close_old_connections does, for aliases keepalive_mw leaves alone."""
+    aliases = conf.unmanaged_aliases()
+    if aliases:
+        storage = connections._connections
+        for alias in aliases:
+            wrapper = getattr(storage, alias, None)
+            if wrapper is not None:
+                wrapper.close_if_unusable_or_obsolete()
+
+
+def set_outcome(outcome: str) -> None:
+    _state.outcome = outcome
+
+
+# -- outside requests ----------------------------------------------------------------------
+
+
+class scope(ContextDecorator):
+    """Give code outside requests the same reuse and hygiene as a request.
+
+    ``with keepalive_mw.scope():`` (or ``@keepalive_mw.scope()``) in a background thread,
+    task or command: connections first used inside are taken from the pool, and given back
+    clean when the block ends, the transaction committed if the block succeeded and rolled
+    back if it raised (or always rolled back with ``KEEPALIVE_END_OF_REQUEST="rollback"``).
+    """
+
+    def __enter__(self) -> scope:
+        _scopes().append([])
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        scopes = _scopes()
+        if scopes:
+            release(scopes.pop(), failed=exc_type is not None)
+
+
+def after_fork() -> None:
+    """In a forked child: the forking thread's scopes refer to the parent's connections."""
+    _state.scopes = []
+    _state.request = None
+    _state.outcome = None

@@ -1,0 +1,179 @@
+"""Kept connections and the per-process, per-alias pool that holds them between uses.
+
+The pool holds Django ``DatabaseWrapper`` objects, not raw driver connections: a wrapper is
+taken when a thread (or greenlet) first touches an alias and given back at the end of the
+request, so the same server session serves request after request whatever thread runs it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Iterator
+
+from . import conf
+from .exceptions import ConnectionWaitTimeout
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+class KeptConnection:
+    """What keepalive_mw knows about one wrapper's current server connection."""
+
+    __slots__ = ("opened_at", "lifetime_factor", "last_used_at", "fd", "suspect")
+
+    def __init__(self) -> None:
+        # monotonic time of connect(); None until the wrapper first connects.
+        self.opened_at: float | None = None
+        # Cut of MAX_AGE for this connection, so a fleet does not reconnect at once.
+        self.lifetime_factor = 1.0
+        # monotonic time the connection was last given back: its idle time decides pings.
+        self.last_used_at = 0.0
+        # Socket file descriptor, polled for EOF or unsolicited bytes before reuse; None
+        # for SQLite and drivers that do not expose one.
+        self.fd: int | None = None
+        # Database errors happened during the last use: ping before the next one.
+        self.suspect = False
+
+    def opened(self, fd: int | None) -> None:
+        self.opened_at = self.last_used_at = time.monotonic()
+        self.lifetime_factor = 1.0 - random.random() * conf.MAX_AGE_JITTER
+        self.fd = fd
+        self.suspect = False
+
+    def expired(self, max_age: float | None, now: float) -> bool:
+        if max_age is None or self.opened_at is None:
+            return False
+        return now - self.opened_at >= max_age * self.lifetime_factor
+
+
+def kept_of(wrapper: BaseDatabaseWrapper) -> KeptConnection | None:
+    """Return the KeptConnection of a wrapper keepalive_mw manages, else None."""
+    return wrapper.__dict__.get("_keepalive")
+
+
+class AliasPool:
+    """Idle kept wrappers of one alias in this process, and the count against the bound."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._lock = threading.Lock()
+        # Signalled when a wrapper comes back or a slot frees, for requests waiting at the bound.
+        self._freed = threading.Condition(self._lock)
+        # Idle wrappers with a live connection, most recently used last: reuse takes the
+        # hottest one and lets the coldest reach the idle timeout after a burst.
+        self._idle: list[BaseDatabaseWrapper] = []
+        # Wrappers that exist for this alias (handed out or idle): what the bound limits.
+        self.size = 0
+        # Most wrappers that existed at once since the process started.
+        self.size_peak = 0
+        # Counters, psycopg_pool style (noun prefix, unit suffix).
+        self.stats: Counter[str] = Counter()
+
+    # -- taking and giving back -----------------------------------------------------
+
+    def take(self, bound: int | None, wait_timeout: float) -> BaseDatabaseWrapper | None:
+        """Pop the most recently used idle wrapper, or reserve a slot and return None.
+
+        At the bound, wait up to ``wait_timeout`` seconds for a wrapper to come back or a
+        slot to free, then raise ConnectionWaitTimeout.
+        """
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            if bound is None or self.size < bound:
+                return self._reserve()
+            started = time.monotonic()
+            deadline = started + wait_timeout
+            self.stats["requests_waiting"] += 1
+            try:
+                while True:
+                    if self._idle:
+                        return self._idle.pop()
+                    if self.size < bound:
+                        return self._reserve()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self.stats["requests_errors"] += 1
+                        raise ConnectionWaitTimeout(self.alias, bound, wait_timeout)
+                    self._freed.wait(remaining)
+            finally:
+                self.stats["requests_waiting"] -= 1
+                self.stats["requests_wait_ms"] += int((time.monotonic() - started) * 1000)
+                self.stats["requests_queued"] += 1
+
+    def _reserve(self) -> None:
+        self.size += 1
+        if self.size > self.size_peak:
+            self.size_peak = self.size
+        return None
+
+    def give_back(self, wrapper: BaseDatabaseWrapper) -> None:
+        """Keep a clean wrapper with a live connection for the next user."""
+        with self._lock:
+            self._idle.append(wrapper)
+            self._freed.notify()
+
+    def forget(self) -> None:
+        """A wrapper left the pool for good (closed, never connected, or unmanaged)."""
+        with self._lock:
+            self.size -= 1
+            self._freed.notify()
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    def take_expired(
+        self, max_age: float | None, idle_timeout: float | None, now: float
+    ) -> list[tuple[BaseDatabaseWrapper, str]]:
+        """Remove idle wrappers past their age or idle timeout; return them with the reason."""
+        expired: list[tuple[BaseDatabaseWrapper, str]] = []
+        with self._lock:
+            keep = []
+            for wrapper in self._idle:
+                kept = wrapper._keepalive
+                if kept.expired(max_age, now):
+                    expired.append((wrapper, "age"))
+                elif idle_timeout is not None and now - kept.last_used_at >= idle_timeout:
+                    expired.append((wrapper, "idle"))
+                else:
+                    keep.append(wrapper)
+            self._idle[:] = keep
+        return expired
+
+    def take_all_idle(self) -> list[BaseDatabaseWrapper]:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        return idle
+
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def after_fork(self) -> list[BaseDatabaseWrapper]:
+        """In a forked child: start empty, returning the parent's idle wrappers."""
+        idle, self._idle = self._idle, []
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self.size = 0
+        self.size_peak = 0
+        self.stats = Counter()
+        return idle
+
+
+# One pool per alias keepalive_mw manages in this process.
+_pools: dict[str, AliasPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool_for(alias: str) -> AliasPool:
+    try:
+        return _pools[alias]
+    except KeyError:
+        with _pools_lock:
+            return _pools.setdefault(alias, AliasPool(alias))
+
+
+def all_pools() -> Iterator[AliasPool]:
+    return iter(list(_pools.values()))
