@@ -40,4 +40,5 @@ def install(lifecycle) -> None:  # type: ignore[no-untyped-def]
     connection_created.connect(lifecycle.on_connection_created, dispatch_uid="keepalive_mw")
     lifecycle._django_create_connection = connections.create_connection
     connections.create_connection = lifecycle.create_connection
+    lifecycle.adopt_existing()
     _installed = True

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from django.db import connections
 
 from . import housekeeper, hygiene
-from .pool import all_pools, kept_of
+from .pool import drop_all, kept_of, pool_for
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 def _forget_inherited(wrapper: BaseDatabaseWrapper) -> None:
     kept = kept_of(wrapper)
     raw = wrapper.connection
-    if kept is None or raw is None:
+    if kept is None:
+        return
+    if kept.finalizer is not None:
+        kept.finalizer.detach()  # the child's pools start empty: no slot to free
+    if raw is None:
         return
     if kept.fd is not None:
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -46,10 +50,12 @@ def after_fork_in_child() -> None:
     from . import lifecycle
 
     housekeeper.after_fork()
-    for pool in all_pools():
-        for wrapper in pool.after_fork():
+    for inherited in drop_all():
+        # Not take_all_idle(): another parent thread may have held the lock at fork time,
+        # and in the child nobody would ever release it.
+        for wrapper in inherited._idle:
             _forget_inherited(wrapper)
-            pool.stats["connections_closed_" + hygiene.CLOSE_FORK] += 1
+            pool_for(inherited.alias).stats["connections_closed_" + hygiene.CLOSE_FORK] += 1
     # Wrappers the forking thread held (a preloaded app that queried at import).
     storage = connections._connections
     for alias in connections:

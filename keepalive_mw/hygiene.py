@@ -119,4 +119,5 @@ def fit_for_reuse(
             stats["checks_failed"] += 1
             return CLOSE_BROKEN
         kept.suspect = False
+        wrapper.errors_occurred = False  # as Django does once is_usable() says so
     return None

@@ -31,6 +31,8 @@ FAILED = "failed"
 
 # Per thread (per greenlet, per async context: the same storage as Django's connections):
 #   scopes  - open scopes, innermost last, each the list of wrappers it took;
+#   unscoped - wrappers taken outside any scope (startup code, commands, tests): the next
+#             request on this thread adopts them, so they are given back at its end;
 #   request - the scope of the request in progress on this thread, or None;
 #   outcome - SUCCEEDED or FAILED as the middleware saw the request, None if unseen.
 _state = Local(thread_critical=True)
@@ -78,7 +80,7 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
     if wrapper.vendor == "sqlite" and wrapper.is_in_memory_db():
         pool.forget()  # in-memory databases die with their connection: Django keeps them
         return wrapper
-    wrapper._keepalive = KeptConnection()
+    pool.track(wrapper)
     _track(wrapper)
     return wrapper
 
@@ -87,8 +89,35 @@ def _track(wrapper: BaseDatabaseWrapper) -> None:
     scopes = _scopes()
     if scopes:
         scopes[-1].append(wrapper)
+        return
     # Outside any request or scope the wrapper stays with its thread, as in plain Django
-    # (management commands, a TestCase's connection): nothing gives it back.
+    # (a management command, startup code), until a request on this thread adopts it.
+    try:
+        _state.unscoped.append(wrapper)
+    except AttributeError:
+        _state.unscoped = [wrapper]
+
+
+def adopt_existing() -> None:
+    """Take charge of wrappers this thread created before keepalive_mw was installed.
+
+    Django creates the default wrapper while it imports models (``connection.ops``); left
+    alone, a server that runs requests on that same thread would use it unmanaged.
+    """
+    storage = connections._connections
+    for alias in connections:
+        wrapper = getattr(storage, alias, None)
+        if wrapper is None or kept_of(wrapper) is not None or conf.config_for(alias) is None:
+            continue
+        if wrapper.connection is None:
+            delattr(storage, alias)  # the next use goes through create_connection
+            continue
+        pool = pool_for(alias)
+        pool.take(None, 0)  # reserve its slot
+        pool.track(wrapper).opened(health.socket_fd(wrapper.connection))
+        wrapper.close_at = None
+        wrapper.health_check_enabled = False
+        _track(wrapper)
 
 
 def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
@@ -120,7 +149,7 @@ def release(wrappers: list[BaseDatabaseWrapper], failed: bool) -> None:
         pool = pool_for(alias)
         config = conf.config_for(alias)
         if wrapper.connection is None or config is None:
-            pool.forget()
+            pool.discard(wrapper)
             continue
         try:
             reason = hygiene.end_of_use(wrapper, wrapper._keepalive, config, failed, pool.stats)
@@ -146,7 +175,7 @@ def _close(wrapper: BaseDatabaseWrapper, pool: AliasPool, reason: str) -> None:
     pool.stats["connections_closed_" + reason] += 1
     log = logger.warning if reason == hygiene.CLOSE_BROKEN else logger.info
     log("closed a connection of database alias %r: %s", wrapper.alias, reason)
-    pool.forget()
+    pool.discard(wrapper)
 
 
 def close_idle(alias: str | None = None) -> int:
@@ -175,6 +204,12 @@ def on_request_started(sender: Any, **kwargs: Any) -> None:
         _end_request(failed=True)
     _state.outcome = None
     scope: list[BaseDatabaseWrapper] = []
+    unscoped = getattr(_state, "unscoped", None)
+    if unscoped:
+        # A wrapper inside an atomic block belongs to the code around the request (a
+        # TestCase, a command that calls the test client): it stays with that code.
+        scope[:] = [wrapper for wrapper in unscoped if not wrapper.in_atomic_block]
+        unscoped[:] = [wrapper for wrapper in unscoped if wrapper.in_atomic_block]
     _state.request = scope
     _scopes().append(scope)
     _django_rules()
@@ -244,5 +279,6 @@ class scope(ContextDecorator):
 def after_fork() -> None:
     """In a forked child: the forking thread's scopes refer to the parent's connections."""
     _state.scopes = []
+    _state.unscoped = []
     _state.request = None
     _state.outcome = None

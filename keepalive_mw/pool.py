@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import weakref
 from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 class KeptConnection:
     """What keepalive_mw knows about one wrapper's current server connection."""
 
-    __slots__ = ("opened_at", "lifetime_factor", "last_used_at", "fd", "suspect")
+    __slots__ = ("opened_at", "lifetime_factor", "last_used_at", "fd", "suspect", "finalizer")
 
     def __init__(self) -> None:
         # monotonic time of connect(); None until the wrapper first connects.
@@ -37,6 +38,9 @@ class KeptConnection:
         self.fd: int | None = None
         # Database errors happened during the last use: ping before the next one.
         self.suspect = False
+        # Frees the wrapper's slot in its pool if the wrapper is garbage collected without
+        # being given back (a thread that died holding it); detached when freed otherwise.
+        self.finalizer: weakref.finalize | None = None
 
     def opened(self, fd: int | None) -> None:
         self.opened_at = self.last_used_at = time.monotonic()
@@ -117,8 +121,20 @@ class AliasPool:
             self._idle.append(wrapper)
             self._freed.notify()
 
+    def track(self, wrapper: BaseDatabaseWrapper) -> KeptConnection:
+        """Make a new wrapper from a reserved slot a kept one."""
+        kept = wrapper._keepalive = KeptConnection()
+        kept.finalizer = weakref.finalize(wrapper, self.forget)
+        return kept
+
+    def discard(self, wrapper: BaseDatabaseWrapper) -> None:
+        """A kept wrapper leaves the pool for good: free its slot."""
+        kept = kept_of(wrapper)
+        if kept is not None and kept.finalizer is not None and kept.finalizer.detach():
+            self.forget()
+
     def forget(self) -> None:
-        """A wrapper left the pool for good (closed, never connected, or unmanaged)."""
+        """Free a slot (its wrapper closed, never made, or collected)."""
         with self._lock:
             self.size -= 1
             self._freed.notify()
@@ -151,15 +167,6 @@ class AliasPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    def after_fork(self) -> list[BaseDatabaseWrapper]:
-        """In a forked child: start empty, returning the parent's idle wrappers."""
-        idle, self._idle = self._idle, []
-        self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)
-        self.size = 0
-        self.size_peak = 0
-        self.stats = Counter()
-        return idle
 
 
 # One pool per alias keepalive_mw manages in this process.
@@ -177,3 +184,10 @@ def pool_for(alias: str) -> AliasPool:
 
 def all_pools() -> Iterator[AliasPool]:
     return iter(list(_pools.values()))
+
+
+def drop_all() -> list[AliasPool]:
+    """Forget every pool (in a forked child); return them for their idle wrappers."""
+    pools = list(_pools.values())
+    _pools.clear()
+    return pools
