@@ -14,6 +14,7 @@ from contextlib import ContextDecorator
 from typing import TYPE_CHECKING, Any, Callable
 
 from asgiref.local import Local
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from . import conf, health, housekeeper, hygiene
@@ -55,7 +56,12 @@ def _scopes() -> list[list[BaseDatabaseWrapper]]:
 
 def create_connection(alias: str) -> BaseDatabaseWrapper:
     """Replace ConnectionHandler.create_connection: hand out a kept wrapper if one is fit."""
-    config = conf.config_for(alias)
+    try:
+        config = conf.config_for(alias)
+    except ImproperlyConfigured:
+        # Let `manage.py check` (whose model checks create wrappers) report the problem;
+        # requests fail loudly on it in on_request_started.
+        config = None
     if config is None:
         return _django_create_connection(alias)
     pool = pool_for(alias)
@@ -196,7 +202,10 @@ def close_idle(alias: str | None = None) -> int:
 
 
 def on_request_started(sender: Any, **kwargs: Any) -> None:
-    """Open the request's scope; apply Django's own rules to aliases left to Django."""
+    """Open the request's scope; apply Django's own rules to aliases left to Django.
+
+    Raises ImproperlyConfigured, failing the request, while a KEEPALIVE_* setting is invalid.
+    """
     leftover = getattr(_state, "request", None)
     if leftover is not None:
         # The previous request on this thread never sent request_finished (a WSGI server
@@ -206,13 +215,24 @@ def on_request_started(sender: Any, **kwargs: Any) -> None:
     scope: list[BaseDatabaseWrapper] = []
     unscoped = getattr(_state, "unscoped", None)
     if unscoped:
-        # A wrapper inside an atomic block belongs to the code around the request (a
-        # TestCase, a command that calls the test client): it stays with that code.
-        scope[:] = [wrapper for wrapper in unscoped if not wrapper.in_atomic_block]
-        unscoped[:] = [wrapper for wrapper in unscoped if wrapper.in_atomic_block]
+        scope[:] = [wrapper for wrapper in unscoped if _adoptable(wrapper)]
+        unscoped[:] = [wrapper for wrapper in unscoped if not _adoptable(wrapper)]
     _state.request = scope
     _scopes().append(scope)
     _django_rules()
+
+
+def _adoptable(wrapper: BaseDatabaseWrapper) -> bool:
+    """May a request on this thread take over a wrapper it finds taken outside any scope?
+
+    Not one inside an atomic block, nor one whose methods someone replaced on the instance
+    (Django's TestCase does both): it belongs to the code around the request.
+    """
+    return not wrapper.in_atomic_block and not _PATCHED.intersection(wrapper.__dict__)
+
+
+# Instance attributes that mean the code around a request has made a wrapper its own.
+_PATCHED = frozenset(("connect", "cursor", "ensure_connection"))
 
 
 def on_request_finished(sender: Any, **kwargs: Any) -> None:

@@ -100,3 +100,24 @@ def test_connection_is_detached_from_the_thread_after_the_request():
         return hasattr(connections._connections, "default")
 
     assert in_thread(serve_then_look) is False
+
+
+def test_wrapper_created_while_models_were_imported_is_managed():
+    # Django touches connection.ops while it imports models, before any AppConfig.ready().
+    from keepalive_mw.pool import kept_of
+
+    assert kept_of(connections["default"]) is not None
+
+
+def test_a_request_adopts_what_its_thread_opened_outside_any_request():
+    from tests.test_hygiene import open_transactions, rows_by_name
+
+    def startup_then_serve():
+        connections["pg_manual"].ensure_connection()  # e.g. a query at import time
+        status, _ = wsgi_get("/write/pg_manual/")
+        return status, hasattr(connections._connections, "pg_manual")
+
+    assert in_thread(startup_then_serve) == (200, False)
+    assert rows_by_name("pg_manual") == {"write": 1}
+    assert open_transactions("pg_manual") == 0
+    assert get_stats()["pg_manual"]["connections_idle"] == 1

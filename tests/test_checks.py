@@ -1,0 +1,110 @@
+"""Invalid configuration fails ``manage.py check``, with a stable id and a hint."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from keepalive_mw import checks, conf
+
+
+def ids(messages):
+    return [message.id for message in messages]
+
+
+def run_all():
+    return checks.check_settings() + checks.check_databases() + checks.check_middleware()
+
+
+def test_default_test_settings_pass():
+    assert run_all() == []
+
+
+@pytest.mark.parametrize("name, value, check_id", [
+    ("KEEPALIVE_MAX_AGE", -1, "keepalive_mw.E001"),
+    ("KEEPALIVE_MAX_AGE", "600", "keepalive_mw.E001"),
+    ("KEEPALIVE_MAX_AGE", True, "keepalive_mw.E001"),
+    ("KEEPALIVE_MAX_AGE", float("nan"), "keepalive_mw.E001"),
+    ("KEEPALIVE_HEALTH_CHECKS", "yes", "keepalive_mw.E002"),
+    ("KEEPALIVE_PING_AFTER", -5, "keepalive_mw.E003"),
+    ("KEEPALIVE_PING_TIMEOUT", 0, "keepalive_mw.E004"),
+    ("KEEPALIVE_PING_TIMEOUT", None, "keepalive_mw.E004"),
+    ("KEEPALIVE_IDLE_TIMEOUT", 0, "keepalive_mw.E005"),
+    ("KEEPALIVE_END_OF_REQUEST", "commit", "keepalive_mw.E006"),
+    ("KEEPALIVE_RESET_SESSION", 1, "keepalive_mw.E007"),
+    ("KEEPALIVE_MAX_CONNECTIONS", 0, "keepalive_mw.E008"),
+    ("KEEPALIVE_MAX_CONNECTIONS", 2.5, "keepalive_mw.E008"),
+    ("KEEPALIVE_WAIT_TIMEOUT", -1, "keepalive_mw.E009"),
+])
+def test_each_invalid_setting_has_its_error(name, value, check_id):
+    with override_settings(**{name: value}):
+        messages = checks.check_settings()
+    assert ids(messages) == [check_id]
+    assert name in messages[0].msg and messages[0].hint
+
+
+@pytest.mark.parametrize("name, value", [
+    ("KEEPALIVE_MAX_AGE", None), ("KEEPALIVE_MAX_AGE", 0), ("KEEPALIVE_MAX_AGE", 1.5),
+    ("KEEPALIVE_PING_AFTER", None), ("KEEPALIVE_PING_AFTER", 0),
+    ("KEEPALIVE_IDLE_TIMEOUT", None), ("KEEPALIVE_END_OF_REQUEST", "rollback"),
+    ("KEEPALIVE_MAX_CONNECTIONS", 1), ("KEEPALIVE_WAIT_TIMEOUT", 0),
+])
+def test_valid_values_pass(name, value):
+    with override_settings(**{name: value}):
+        assert checks.check_settings() == []
+
+
+def test_unknown_keepalive_setting_is_a_warning():
+    with override_settings(KEEPALIVE_MAXAGE=5):
+        assert ids(checks.check_settings()) == ["keepalive_mw.W003"]
+
+
+def with_database(alias, **entries):
+    databases = copy.deepcopy(settings.DATABASES)
+    databases[alias].update(entries)
+    return override_settings(DATABASES=databases)
+
+
+@pytest.mark.parametrize("entries, check_id", [
+    ({"KEEPALIVE": "off"}, "keepalive_mw.E010"),
+    ({"KEEPALIVE": {"MAXAGE": 5}}, "keepalive_mw.E011"),
+    ({"KEEPALIVE": {"MAX_AGE": -5}}, "keepalive_mw.E001"),
+    ({"OPTIONS": {"pool": True}}, "keepalive_mw.W004"),
+    ({"CONN_MAX_AGE": 60}, "keepalive_mw.W005"),
+    ({"CONN_MAX_AGE": None}, "keepalive_mw.W005"),
+    ({"CONN_HEALTH_CHECKS": True}, "keepalive_mw.W006"),
+])
+def test_database_entries_are_checked(entries, check_id):
+    with with_database("default", **entries):
+        messages = checks.check_databases()
+    assert ids(messages) == [check_id]
+    assert "'default'" in messages[0].msg
+
+
+def test_opted_out_alias_may_use_conn_max_age_or_the_native_pool():
+    with with_database("default", KEEPALIVE=False, CONN_MAX_AGE=60, OPTIONS={"pool": True}):
+        assert checks.check_databases() == []
+
+
+def test_reset_session_on_mysql_warns_it_is_partial():
+    with override_settings(KEEPALIVE_RESET_SESSION=True):
+        assert set(ids(checks.check_databases())) == {"keepalive_mw.W007"}
+
+
+def test_middleware_missing_or_not_first_is_a_warning():
+    with override_settings(MIDDLEWARE=[]):
+        assert ids(checks.check_middleware()) == ["keepalive_mw.W001"]
+    with override_settings(MIDDLEWARE=["django.middleware.common.CommonMiddleware",
+                                       conf.MIDDLEWARE_PATH]):
+        assert ids(checks.check_middleware()) == ["keepalive_mw.W002"]
+
+
+def test_checks_are_registered_and_fail_manage_py_check():
+    with override_settings(KEEPALIVE_END_OF_REQUEST="sometimes"):
+        with pytest.raises(SystemCheckError, match="keepalive_mw.E006"):
+            call_command("check")

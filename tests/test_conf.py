@@ -1,0 +1,45 @@
+"""Settings are read in one place, per alias, and follow override_settings."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from keepalive_mw import conf
+
+
+def test_defaults():
+    config = conf.config_for("mysql")
+    assert config.as_dict() == {
+        "MAX_AGE": 600, "HEALTH_CHECKS": True, "PING_AFTER": 30.0, "PING_TIMEOUT": 5.0,
+        "IDLE_TIMEOUT": 300.0, "END_OF_REQUEST": "commit_on_success",
+        "RESET_SESSION": False, "MAX_CONNECTIONS": None, "WAIT_TIMEOUT": 30.0,
+    }
+
+
+def test_override_settings_is_seen_at_once():
+    assert conf.config_for("default").max_age == 600
+    with override_settings(KEEPALIVE_MAX_AGE=5):
+        assert conf.config_for("default").max_age == 5
+    assert conf.config_for("default").max_age == 600
+
+
+def test_per_alias_overrides_and_opt_out():
+    databases = copy.deepcopy(settings.DATABASES)
+    databases["mysql"]["KEEPALIVE"] = {"MAX_AGE": 30, "RESET_SESSION": False}
+    databases["sqlite"]["KEEPALIVE"] = False
+    with override_settings(DATABASES=databases, KEEPALIVE_MAX_AGE=100):
+        assert conf.config_for("mysql").max_age == 30
+        assert conf.config_for("default").max_age == 100
+        assert conf.config_for("sqlite") is None
+        assert "sqlite" in conf.unmanaged_aliases()
+
+
+def test_invalid_value_at_runtime_is_improperly_configured():
+    with override_settings(KEEPALIVE_MAX_AGE="ten"):
+        with pytest.raises(ImproperlyConfigured, match="KEEPALIVE_MAX_AGE"):
+            conf.config_for("default")
