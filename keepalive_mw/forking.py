@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
-from . import housekeeper, hygiene
-from .pool import drop_all, kept_of, pool_for
+from . import housekeeper
+from .pool import CLOSE_FORK, drop_all, kept_of, pool_for
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -55,7 +55,7 @@ def after_fork_in_child() -> None:
         # and in the child nobody would ever release it.
         for wrapper in inherited._idle:
             _forget_inherited(wrapper)
-            pool_for(inherited.alias).stats["connections_closed_" + hygiene.CLOSE_FORK] += 1
+            pool_for(inherited.alias).stats["connections_closed_" + CLOSE_FORK] += 1
     # Wrappers the forking thread held (a preloaded app that queried at import).
     storage = connections._connections
     for alias in connections:

@@ -39,7 +39,16 @@ def driver_says_closed(raw: Any) -> bool:
     return not is_open
 
 
-def socket_has_news(fd: int) -> bool:
+def socket_poller(fd: int | None) -> Any:
+    """Return a poll object watching ``fd`` for input, hang-up or error (None for None)."""
+    if fd is None:
+        return None
+    poller = select.poll()
+    poller.register(fd, _POLLIN_OR_HUP)
+    return poller
+
+
+def socket_has_news(poller: Any) -> bool:
     """Return True when an idle connection's socket is readable: EOF, error or bytes.
 
     An idle connection's server sends nothing unless it is going away (pg_terminate_backend,
@@ -47,23 +56,34 @@ def socket_has_news(fd: int) -> bool:
     Either way the connection deserves a ping; otherwise it is alive as far as anyone can
     tell without a round trip.
     """
-    poller = select.poll()
-    poller.register(fd, _POLLIN_OR_HUP)
     return bool(poller.poll(0))
 
 
-def transaction_open(wrapper: BaseDatabaseWrapper) -> bool:
-    """Return True when the driver has a transaction open (or cannot tell and may)."""
+# What a connection's driver says about its transaction, without I/O.
+IDLE = 0
+IN_TRANSACTION = 1
+BROKEN = 2
+# libpq's PQtransactionStatus: IDLE, ACTIVE, INTRANS, INERROR, UNKNOWN (bad connection).
+_LIBPQ_STATES = (IDLE, IN_TRANSACTION, IN_TRANSACTION, IN_TRANSACTION, BROKEN)
+
+
+def transaction_state(wrapper: BaseDatabaseWrapper) -> int:
+    """Return IDLE, IN_TRANSACTION or BROKEN, from the driver's own state.
+
+    Where the driver cannot tell (mysqlclient), a transaction is assumed open when
+    autocommit is off.
+    """
     raw = wrapper.connection
     info = getattr(raw, "info", None)
     status = getattr(info, "transaction_status", None)  # psycopg 3 and psycopg2 (libpq)
     if status is not None:
-        return status != 0  # 0 is libpq's PQTRANS_IDLE
+        return _LIBPQ_STATES[status]
+    if driver_says_closed(raw):
+        return BROKEN
     in_transaction = getattr(raw, "in_transaction", None)  # sqlite3
     if in_transaction is not None:
-        return bool(in_transaction)
-    # mysqlclient and others do not say: assume a transaction when autocommit is off.
-    return not wrapper.autocommit
+        return IN_TRANSACTION if in_transaction else IDLE
+    return IDLE if wrapper.autocommit else IN_TRANSACTION
 
 
 def _shutdown(fd: int) -> None:

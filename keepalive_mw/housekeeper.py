@@ -11,7 +11,7 @@ import threading
 import time
 
 from . import conf
-from .pool import all_pools
+from .pool import CLOSE_IDLE, all_pools
 
 logger = logging.getLogger("keepalive_mw")
 
@@ -36,7 +36,7 @@ def run_once(now: float | None = None) -> int:
     for pool in all_pools():
         config = conf.config_for(pool.alias)
         if config is None:
-            expired = [(wrapper, "idle") for wrapper in pool.take_all_idle()]
+            expired = [(wrapper, CLOSE_IDLE) for wrapper in pool.take_all_idle()]
         else:
             expired = pool.take_expired(config.max_age, config.idle_timeout, now)
         for wrapper, reason in expired:

@@ -7,23 +7,18 @@ import time
 from typing import TYPE_CHECKING
 
 from . import conf, health
-from .pool import KeptConnection
+from .pool import (
+    CLOSE_AGE,
+    CLOSE_BROKEN,
+    CLOSE_ERRORS,
+    CLOSE_LEAKED_ATOMIC,
+    KeptConnection,
+)
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 logger = logging.getLogger("keepalive_mw")
-
-# Reasons a kept connection is closed; the keys of the connections_closed_* counters.
-CLOSE_AGE = "age"
-CLOSE_BROKEN = "broken"
-CLOSE_IDLE = "idle"
-CLOSE_ERRORS = "errors"
-CLOSE_FORK = "fork"
-CLOSE_LEAKED_ATOMIC = "leaked_atomic"
-CLOSE_REASONS = (CLOSE_AGE, CLOSE_BROKEN, CLOSE_IDLE, CLOSE_ERRORS, CLOSE_FORK,
-                 CLOSE_LEAKED_ATOMIC)
-
 
 def end_of_use(
     wrapper: BaseDatabaseWrapper,
@@ -56,12 +51,13 @@ def end_of_use(
         wrapper.needs_rollback = False
         return CLOSE_LEAKED_ATOMIC
 
-    if health.driver_says_closed(wrapper.connection):
+    state = health.transaction_state(wrapper)
+    if state == health.BROKEN:
         return CLOSE_BROKEN
     kept.suspect = wrapper.errors_occurred
     expected = wrapper.settings_dict["AUTOCOMMIT"]
     try:
-        if health.transaction_open(wrapper):
+        if state == health.IN_TRANSACTION:
             if failed or config.end_of_request == conf.ROLLBACK:
                 wrapper.rollback()
                 stats["transactions_rolled_back"] += 1
@@ -85,11 +81,10 @@ def end_of_use(
         return CLOSE_ERRORS
     wrapper.run_on_commit = []
     wrapper.queries_log.clear()
-    if health.driver_says_closed(wrapper.connection):
-        return CLOSE_BROKEN
-    if kept.expired(config.max_age, time.monotonic()):
+    now = time.monotonic()
+    if kept.expired(config.max_age, now):
         return CLOSE_AGE
-    kept.last_used_at = time.monotonic()
+    kept.last_used_at = now
     return None
 
 
@@ -109,13 +104,13 @@ def fit_for_reuse(
     if health.driver_says_closed(wrapper.connection):
         stats["checks_failed"] += 1
         return CLOSE_BROKEN
-    fd = kept.fd
-    needs_ping = kept.suspect or (fd is not None and health.socket_has_news(fd))
+    poller = kept.poller
+    needs_ping = kept.suspect or (poller is not None and health.socket_has_news(poller))
     if not needs_ping and config.ping_after is not None:
         needs_ping = now - kept.last_used_at >= config.ping_after
     if needs_ping:
         stats["checks_ping"] += 1
-        if not health.ping(wrapper, fd, config.ping_timeout):
+        if not health.ping(wrapper, kept.fd, config.ping_timeout):
             stats["checks_failed"] += 1
             return CLOSE_BROKEN
         kept.suspect = False

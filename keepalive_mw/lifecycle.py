@@ -9,16 +9,26 @@ and takes it back when the request (or a ``scope``) that took it ends.
 from __future__ import annotations
 
 import _thread
+import asyncio
 import logging
+import threading
 from contextlib import ContextDecorator
 from typing import TYPE_CHECKING, Any, Callable
 
-from asgiref.local import Local
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from . import conf, health, housekeeper, hygiene
-from .pool import AliasPool, KeptConnection, all_pools, kept_of, pool_for
+from .pool import (
+    CLOSE_BROKEN,
+    CLOSE_ERRORS,
+    CLOSE_IDLE,
+    AliasPool,
+    KeptConnection,
+    all_pools,
+    kept_of,
+    pool_for,
+)
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -30,25 +40,30 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 
 
-# Per thread (per greenlet, per async context: the same storage as Django's connections):
-#   scopes  - open scopes, innermost last, each the list of wrappers it took;
-#   unscoped - wrappers taken outside any scope (startup code, commands, tests): the next
-#             request on this thread adopts them, so they are given back at its end;
-#   request - the scope of the request in progress on this thread, or None;
-#   outcome - SUCCEEDED or FAILED as the middleware saw the request, None if unseen.
-_state = Local(thread_critical=True)
+class _ThreadRecord(threading.local):
+    """What this thread (greenlet) has taken, and how its request went.
+
+    A plain thread-local, not Django's asgiref Local: request_started, request_finished and
+    the middleware's report all run on the request's own thread (under ASGI, its
+    thread-sensitive executor thread), and a thread-local costs a fraction of a Local.
+    """
+
+    def __init__(self) -> None:
+        # Open scopes, innermost last, each the list of wrappers it took.
+        self.scopes: list[list[BaseDatabaseWrapper]] = []
+        # Wrappers taken outside any scope (startup code, commands, tests): the next request
+        # on this thread adopts them, so that they are given back at its end.
+        self.unscoped: list[BaseDatabaseWrapper] = []
+        # The scope of the request in progress on this thread, or None.
+        self.request: list[BaseDatabaseWrapper] | None = None
+        # SUCCEEDED or FAILED as the middleware saw the request; None if it did not.
+        self.outcome: str | None = None
+
+
+_record = _ThreadRecord()
 
 # Django's own ConnectionHandler.create_connection, bound to the connections object.
 _django_create_connection: Callable[[str], BaseDatabaseWrapper] | None = None
-
-
-def _scopes() -> list[list[BaseDatabaseWrapper]]:
-    """Open scopes of this thread, innermost last; each lists the wrappers it took."""
-    try:
-        return _state.scopes
-    except AttributeError:
-        _state.scopes = scopes = []
-        return scopes
 
 
 # -- checkout ------------------------------------------------------------------------------
@@ -92,16 +107,23 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
 
 
 def _track(wrapper: BaseDatabaseWrapper) -> None:
-    scopes = _scopes()
+    scopes = _record.scopes
     if scopes:
         scopes[-1].append(wrapper)
-        return
-    # Outside any request or scope the wrapper stays with its thread, as in plain Django
-    # (a management command, startup code), until a request on this thread adopts it.
+    elif not _in_event_loop():
+        # Outside any request or scope the wrapper stays with its thread, as in plain
+        # Django (a management command, startup code), until a request adopts it.
+        _record.unscoped.append(wrapper)
+    # In an event loop Django keeps a wrapper per async context and it cannot query:
+    # nothing to adopt, and the finalizer frees its slot when the context goes.
+
+
+def _in_event_loop() -> bool:
     try:
-        _state.unscoped.append(wrapper)
-    except AttributeError:
-        _state.unscoped = [wrapper]
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def adopt_existing() -> None:
@@ -119,7 +141,7 @@ def adopt_existing() -> None:
             delattr(storage, alias)  # the next use goes through create_connection
             continue
         pool = pool_for(alias)
-        pool.take(None, 0)  # reserve its slot
+        pool.reserve()
         pool.track(wrapper).opened(health.socket_fd(wrapper.connection))
         wrapper.close_at = None
         wrapper.health_check_enabled = False
@@ -154,14 +176,17 @@ def release(wrappers: list[BaseDatabaseWrapper], failed: bool) -> None:
             delattr(storage, alias)
         pool = pool_for(alias)
         config = conf.config_for(alias)
-        if wrapper.connection is None or config is None:
+        if wrapper.connection is None:
             pool.discard(wrapper)
+            continue
+        if config is None:  # the alias was opted out meanwhile (override_settings)
+            _close(wrapper, pool, CLOSE_IDLE)
             continue
         try:
             reason = hygiene.end_of_use(wrapper, wrapper._keepalive, config, failed, pool.stats)
         except Exception:
             logger.exception("cleaning a connection of alias %r failed: closing it", alias)
-            reason = hygiene.CLOSE_ERRORS
+            reason = CLOSE_ERRORS
         if reason is None:
             pool.give_back(wrapper)
             if not housekeeper.running:
@@ -179,7 +204,7 @@ def _close(wrapper: BaseDatabaseWrapper, pool: AliasPool, reason: str) -> None:
     except Exception:
         wrapper.connection = None
     pool.stats["connections_closed_" + reason] += 1
-    log = logger.warning if reason == hygiene.CLOSE_BROKEN else logger.info
+    log = logger.warning if reason == CLOSE_BROKEN else logger.info
     log("closed a connection of database alias %r: %s", wrapper.alias, reason)
     pool.discard(wrapper)
 
@@ -193,7 +218,7 @@ def close_idle(alias: str | None = None) -> int:
     for pool in all_pools():
         if alias is None or pool.alias == alias:
             for wrapper in pool.take_all_idle():
-                _close(wrapper, pool, hygiene.CLOSE_IDLE)
+                _close(wrapper, pool, CLOSE_IDLE)
                 closed += 1
     return closed
 
@@ -206,19 +231,18 @@ def on_request_started(sender: Any, **kwargs: Any) -> None:
 
     Raises ImproperlyConfigured, failing the request, while a KEEPALIVE_* setting is invalid.
     """
-    leftover = getattr(_state, "request", None)
-    if leftover is not None:
+    record = _record
+    if record.request is not None:
         # The previous request on this thread never sent request_finished (a WSGI server
         # that does not call close()): end its use now, as a failure.
-        _end_request(failed=True)
-    _state.outcome = None
+        _end_request(record, failed=True)
+    record.outcome = None
     scope: list[BaseDatabaseWrapper] = []
-    unscoped = getattr(_state, "unscoped", None)
-    if unscoped:
-        scope[:] = [wrapper for wrapper in unscoped if _adoptable(wrapper)]
-        unscoped[:] = [wrapper for wrapper in unscoped if not _adoptable(wrapper)]
-    _state.request = scope
-    _scopes().append(scope)
+    if record.unscoped:
+        scope[:] = [wrapper for wrapper in record.unscoped if _adoptable(wrapper)]
+        record.unscoped = [wrapper for wrapper in record.unscoped if not _adoptable(wrapper)]
+    record.request = scope
+    record.scopes.append(scope)
     _django_rules()
 
 
@@ -237,18 +261,19 @@ _PATCHED = frozenset(("connect", "cursor", "ensure_connection"))
 
 def on_request_finished(sender: Any, **kwargs: Any) -> None:
     """Give back or close every kept connection the request took."""
-    if getattr(_state, "request", None) is not None:
+    record = _record
+    if record.request is not None:
         # Without the middleware nobody says how the request ended (outcome None): roll
         # back, since a commit cannot be taken back.
-        _end_request(failed=_state.outcome is not SUCCEEDED)
+        _end_request(record, failed=record.outcome is not SUCCEEDED)
     _django_rules()
 
 
-def _end_request(failed: bool) -> None:
-    request_scope = _state.request
-    _state.request = None
-    _state.outcome = None
-    scopes = _scopes()
+def _end_request(record: _ThreadRecord, failed: bool) -> None:
+    request_scope = record.request
+    record.request = None
+    record.outcome = None
+    scopes = record.scopes
     if any(open_scope is request_scope for open_scope in scopes):
         # Scopes opened inside the request and never closed end with it.
         while scopes:
@@ -271,7 +296,7 @@ def _django_rules() -> None:
 
 
 def set_outcome(outcome: str) -> None:
-    _state.outcome = outcome
+    _record.outcome = outcome
 
 
 # -- outside requests ----------------------------------------------------------------------
@@ -287,18 +312,15 @@ class scope(ContextDecorator):
     """
 
     def __enter__(self) -> scope:
-        _scopes().append([])
+        _record.scopes.append([])
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        scopes = _scopes()
+        scopes = _record.scopes
         if scopes:
             release(scopes.pop(), failed=exc_type is not None)
 
 
 def after_fork() -> None:
-    """In a forked child: the forking thread's scopes refer to the parent's connections."""
-    _state.scopes = []
-    _state.unscoped = []
-    _state.request = None
-    _state.outcome = None
+    """In a forked child: the forking thread's record refers to the parent's connections."""
+    _record.__init__()

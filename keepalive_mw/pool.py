@@ -11,20 +11,46 @@ import random
 import threading
 import time
 import weakref
-from collections import Counter
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import conf
 from .exceptions import ConnectionWaitTimeout
+from .health import socket_poller
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
 
+# Reasons a kept connection is closed; the suffixes of the connections_closed_* counters.
+CLOSE_AGE = "age"
+CLOSE_BROKEN = "broken"
+CLOSE_IDLE = "idle"
+CLOSE_ERRORS = "errors"
+CLOSE_FORK = "fork"
+CLOSE_LEAKED_ATOMIC = "leaked_atomic"
+CLOSE_REASONS = (CLOSE_AGE, CLOSE_BROKEN, CLOSE_IDLE, CLOSE_ERRORS, CLOSE_FORK,
+                 CLOSE_LEAKED_ATOMIC)
+
+COUNTERS = (
+    "connections_opened",
+    "connections_reused",
+    *("connections_closed_" + reason for reason in CLOSE_REASONS),
+    "checks_free",
+    "checks_ping",
+    "checks_failed",
+    "transactions_committed",
+    "transactions_rolled_back",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+)
+
+
 class KeptConnection:
     """What keepalive_mw knows about one wrapper's current server connection."""
 
-    __slots__ = ("opened_at", "lifetime_factor", "last_used_at", "fd", "suspect", "finalizer")
+    __slots__ = ("opened_at", "lifetime_factor", "last_used_at", "fd", "poller", "suspect",
+                 "finalizer")
 
     def __init__(self) -> None:
         # monotonic time of connect(); None until the wrapper first connects.
@@ -36,6 +62,8 @@ class KeptConnection:
         # Socket file descriptor, polled for EOF or unsolicited bytes before reuse; None
         # for SQLite and drivers that do not expose one.
         self.fd: int | None = None
+        # A poll object registered on fd once, so that each check is a single syscall.
+        self.poller: Any = None
         # Database errors happened during the last use: ping before the next one.
         self.suspect = False
         # Frees the wrapper's slot in its pool if the wrapper is garbage collected without
@@ -46,6 +74,7 @@ class KeptConnection:
         self.opened_at = self.last_used_at = time.monotonic()
         self.lifetime_factor = 1.0 - random.random() * conf.MAX_AGE_JITTER
         self.fd = fd
+        self.poller = socket_poller(fd)
         self.suspect = False
 
     def expired(self, max_age: float | None, now: float) -> bool:
@@ -74,8 +103,11 @@ class AliasPool:
         self.size = 0
         # Most wrappers that existed at once since the process started.
         self.size_peak = 0
-        # Counters, psycopg_pool style (noun prefix, unit suffix).
-        self.stats: Counter[str] = Counter()
+        # Requests waiting at the bound right now.
+        self.waiting = 0
+        # Counters, psycopg_pool style (noun prefix, unit suffix); all keys present, so
+        # that counting on the hot path is a plain dict update.
+        self.stats: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     # -- taking and giving back -----------------------------------------------------
 
@@ -89,27 +121,32 @@ class AliasPool:
             if self._idle:
                 return self._idle.pop()
             if bound is None or self.size < bound:
-                return self._reserve()
+                return self._reserve_locked()
             started = time.monotonic()
             deadline = started + wait_timeout
-            self.stats["requests_waiting"] += 1
+            self.waiting += 1
             try:
                 while True:
                     if self._idle:
                         return self._idle.pop()
                     if self.size < bound:
-                        return self._reserve()
+                        return self._reserve_locked()
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         self.stats["requests_errors"] += 1
                         raise ConnectionWaitTimeout(self.alias, bound, wait_timeout)
                     self._freed.wait(remaining)
             finally:
-                self.stats["requests_waiting"] -= 1
+                self.waiting -= 1
                 self.stats["requests_wait_ms"] += int((time.monotonic() - started) * 1000)
                 self.stats["requests_queued"] += 1
 
-    def _reserve(self) -> None:
+    def reserve(self) -> None:
+        """Count one more wrapper against the bound, whatever the bound."""
+        with self._lock:
+            self._reserve_locked()
+
+    def _reserve_locked(self) -> None:
         self.size += 1
         if self.size > self.size_peak:
             self.size_peak = self.size

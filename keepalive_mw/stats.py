@@ -4,22 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .hygiene import CLOSE_REASONS
 from .pool import all_pools
-
-COUNTERS = (
-    "connections_opened",
-    "connections_reused",
-    *("connections_closed_" + reason for reason in CLOSE_REASONS),
-    "checks_free",
-    "checks_ping",
-    "checks_failed",
-    "transactions_committed",
-    "transactions_rolled_back",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-)
 
 
 def get_stats() -> dict[str, dict[str, Any]]:
@@ -29,14 +14,14 @@ def get_stats() -> dict[str, dict[str, Any]]:
     checks_free, checks_ping, checks_failed, transactions_committed,
     transactions_rolled_back, requests_queued, requests_wait_ms, requests_errors.
     Measures: connections_num (open or handed out now), connections_idle,
-    connections_peak.
+    connections_peak, requests_waiting.
     """
     report: dict[str, dict[str, Any]] = {}
     for pool in all_pools():
-        numbers: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
-        numbers.update(pool.stats)
+        numbers: dict[str, Any] = dict(pool.stats)
         numbers["connections_num"] = pool.size
         numbers["connections_idle"] = pool.idle_count()
         numbers["connections_peak"] = pool.size_peak
+        numbers["requests_waiting"] = pool.waiting
         report[pool.alias] = numbers
     return report

@@ -55,7 +55,7 @@ def _fresh_pools():
     def reset():
         lifecycle.close_idle()
         for pool in all_pools():
-            pool.stats.clear()
+            pool.stats.update(dict.fromkeys(pool.stats, 0))
             pool.size_peak = pool.size
 
     reset()

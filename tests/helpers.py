@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import MySQLdb
-import psycopg
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connections
 from django.test import RequestFactory
+
+if TYPE_CHECKING:
+    import psycopg
 
 _wsgi: WSGIHandler | None = None
 _asgi: ASGIHandler | None = None
@@ -84,6 +86,8 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def pg_admin() -> psycopg.Connection:
+    import psycopg  # not at the top: tests/psycopg2_script.py runs without it
+
     db = settings.DATABASES["default"]
     return psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
                            password=db["PASSWORD"] or None, dbname="postgres",

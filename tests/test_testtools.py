@@ -59,7 +59,7 @@ def test_creating_or_dropping_a_database_closes_idle_kept_connections():
 
 def test_django_test_runner_creates_uses_and_drops_its_databases():
     result = subprocess.run(
-        [sys.executable, "-m", "django", "test", "tests.runner_cases", "-v", "2",
+        [sys.executable, "-m", "django", "test", "tests.runner_cases", "-v", "2", "--noinput",
          "--settings", "tests.runner_settings"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
