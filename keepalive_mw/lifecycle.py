@@ -269,6 +269,17 @@ def on_request_finished(sender: Any, **kwargs: Any) -> None:
     _django_rules()
 
 
+def abort_request() -> None:
+    """End the current request's use of connections now, as a failure; idempotent.
+
+    For a streaming body that raised: Django's ASGIHandler then never calls
+    response.close(), so request_finished never comes. Under WSGI close() still follows
+    and finds nothing left to do.
+    """
+    if _record.request is not None:
+        _end_request(_record, failed=True)
+
+
 def _end_request(record: _ThreadRecord, failed: bool) -> None:
     request_scope = record.request
     record.request = None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-from .lifecycle import FAILED, SUCCEEDED, set_outcome
+from .lifecycle import FAILED, SUCCEEDED, abort_request, set_outcome
 
 
 def _mark_succeeded() -> None:
@@ -73,6 +73,9 @@ def _watch_sync(content: Iterator[bytes], outcome: list[str]) -> Iterator[bytes]
         yield from content
     except Exception:  # not GeneratorExit: a client that hangs up is no failure
         outcome[0] = FAILED
+        # Runs on the request's thread (ASGI consumes sync bodies there); close() and so
+        # request_finished may never come.
+        abort_request()
         raise
 
 
@@ -82,4 +85,7 @@ async def _watch_async(content: AsyncIterator[bytes], outcome: list[str]) -> Asy
             yield chunk
     except Exception:
         outcome[0] = FAILED
+        # The body runs in the event loop; the request's connections are on its
+        # thread-sensitive thread, where sync_to_async runs this.
+        await sync_to_async(abort_request)()
         raise

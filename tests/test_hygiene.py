@@ -145,3 +145,15 @@ def connections_pool_idle(alias):
     from keepalive_mw.pool import pool_for
 
     return list(pool_for(alias)._idle)
+
+
+@pytest.mark.parametrize("view", ["stream_fail", "astream_fail"])
+@pytest.mark.parametrize("alias", ["pg_manual", "mysql_manual"])
+def test_failing_stream_under_asgi_rolls_back_although_close_never_comes(alias, view):
+    # Django's ASGIHandler skips response.close() (so request_finished) when the body raises.
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="mid-stream"):
+            asgi_get(f"/{view}/{alias}/")
+    assert rows_by_name(alias) == {}
+    assert open_transactions(alias) == 0
+    assert get_stats()[alias]["connections_idle"] == 1

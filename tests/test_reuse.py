@@ -121,3 +121,20 @@ def test_a_request_adopts_what_its_thread_opened_outside_any_request():
     assert rows_by_name("pg_manual") == {"write": 1}
     assert open_transactions("pg_manual") == 0
     assert get_stats()["pg_manual"]["connections_idle"] == 1
+
+
+def test_in_memory_sqlite_is_left_as_django_leaves_it():
+    from keepalive_mw.pool import kept_of
+
+    settings_dict = connections.settings["sqlite"]
+    name = settings_dict["NAME"]
+    settings_dict["NAME"] = ":memory:"
+    try:
+        def serve():
+            wsgi_get("/noop/")
+            wrapper = connections["sqlite"]
+            return kept_of(wrapper), hasattr(connections._connections, "sqlite")
+
+        assert in_thread(serve) == (None, True)
+    finally:
+        settings_dict["NAME"] = name

@@ -12,6 +12,7 @@ urlpatterns = [
     path("async/<str:alias>/", views.async_count),
     path("status500/<str:alias>/", views.status500),
     path("stream_fail/<str:alias>/", views.stream_fail),
+    path("astream_fail/<str:alias>/", views.astream_fail),
     path("leak_atomic/<str:alias>/", views.leak_atomic),
     path("autocommit_off/<str:alias>/", views.autocommit_off),
     path("autocommit_state/<str:alias>/", views.autocommit_state),

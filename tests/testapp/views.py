@@ -124,3 +124,12 @@ def failed_query(request, alias):
     except DatabaseError:
         pass
     return text(backend_pid(alias))
+
+
+def astream_fail(request, alias):
+    async def chunks():
+        await Item.objects.using(alias).acreate(name="astream_fail")
+        yield "written\n"
+        raise RuntimeError("deliberate failure mid-stream")
+
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
