@@ -28,11 +28,18 @@ def _error(option: conf.Option, problem: str, where: str) -> checks.Error:
 
 def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
-    for option in conf.OPTIONS:
+    for option in conf.OPTIONS + conf.GLOBAL_OPTIONS:
         problem = option.validate(conf.global_value(option))
         if problem:
             errors.append(_error(option, problem, option.setting))
-    known = {option.setting for option in conf.OPTIONS}
+    if conf.global_value(conf.PROMETHEUS) is True and not _importable("prometheus_client"):
+        errors.append(checks.Warning(
+            "KEEPALIVE_PROMETHEUS is True but prometheus_client is not installed: "
+            "no metrics are exported.",
+            hint="python -m pip install prometheus_client, or set KEEPALIVE_PROMETHEUS = False.",
+            id="keepalive_mw.W008",
+        ))
+    known = {option.setting for option in conf.OPTIONS + conf.GLOBAL_OPTIONS}
     for name in dir(settings):
         if name.startswith(conf.SETTING_PREFIX) and name not in known:
             errors.append(checks.Warning(
@@ -41,6 +48,12 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
                 id="keepalive_mw.W003",
             ))
     return errors
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def check_databases(**kwargs: Any) -> list[checks.CheckMessage]:

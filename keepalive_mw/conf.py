@@ -99,6 +99,11 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
+# Settings of the whole process, not of an alias.
+PROMETHEUS = Option("PROMETHEUS", False, _bool, "E012",
+                    "export the counters as Prometheus metrics (needs prometheus_client)")
+GLOBAL_OPTIONS: tuple[Option, ...] = (PROMETHEUS,)
+
 
 @dataclass(frozen=True)
 class AliasConfig:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from django.db import connections
 
-from . import housekeeper
+from . import housekeeper, metrics
 from .pool import CLOSE_FORK, drop_all, kept_of, pool_for
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ def after_fork_in_child() -> None:
     from . import lifecycle
 
     housekeeper.after_fork()
+    metrics.after_fork()
     for inherited in drop_all():
         # Not take_all_idle(): another parent thread may have held the lock at fork time,
         # and in the child nobody would ever release it.

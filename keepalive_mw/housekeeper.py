@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from . import conf
+from . import conf, metrics
 from .pool import CLOSE_IDLE, all_pools
 
 logger = logging.getLogger("keepalive_mw")
@@ -47,7 +47,7 @@ def run_once(now: float | None = None) -> int:
 
 def interval() -> float:
     """Sleep between rounds: half the shortest timeout in force, within bounds."""
-    shortest = MAX_INTERVAL
+    shortest = metrics.SYNC_INTERVAL if metrics.enabled() else MAX_INTERVAL
     for pool in all_pools():
         config = conf.config_for(pool.alias)
         if config is not None:
@@ -63,6 +63,8 @@ def _loop() -> None:
         _wake.clear()
         try:
             run_once()
+            if metrics.enabled():
+                metrics.sync()
         except Exception:  # keep the thread alive whatever a round meets
             logger.exception("keepalive_mw housekeeping round failed")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from . import conf, health, housekeeper, hygiene
+from . import attribution, conf, health, housekeeper, hygiene
 from .pool import (
     CLOSE_BROKEN,
     CLOSE_ERRORS,
@@ -102,6 +102,7 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
         pool.forget()  # in-memory databases die with their connection: Django keeps them
         return wrapper
     pool.track(wrapper)
+    attribution.install(wrapper)
     _track(wrapper)
     return wrapper
 
@@ -162,6 +163,7 @@ def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs
     connection.close_at = None
     connection.health_check_enabled = False
     pool_for(connection.alias).stats["connections_opened"] += 1
+    logger.info("opened a connection of database alias %r", connection.alias)
 
 
 # -- release -------------------------------------------------------------------------------

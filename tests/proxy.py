@@ -59,6 +59,10 @@ class StallingProxy:
 
     def close(self) -> None:
         """Stop listening and drop every link (the server sessions end with them)."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+        except OSError:
+            pass
         self.listener.close()
         with self._lock:
             for end in self._sockets:

@@ -40,6 +40,7 @@ def test_default_test_settings_pass():
     ("KEEPALIVE_MAX_CONNECTIONS", 0, "keepalive_mw.E008"),
     ("KEEPALIVE_MAX_CONNECTIONS", 2.5, "keepalive_mw.E008"),
     ("KEEPALIVE_WAIT_TIMEOUT", -1, "keepalive_mw.E009"),
+    ("KEEPALIVE_PROMETHEUS", "yes", "keepalive_mw.E012"),
 ])
 def test_each_invalid_setting_has_its_error(name, value, check_id):
     with override_settings(**{name: value}):
@@ -108,3 +109,9 @@ def test_checks_are_registered_and_fail_manage_py_check():
     with override_settings(KEEPALIVE_END_OF_REQUEST="sometimes"):
         with pytest.raises(SystemCheckError, match="keepalive_mw.E006"):
             call_command("check")
+
+
+def test_prometheus_without_prometheus_client_is_a_warning(monkeypatch):
+    monkeypatch.setattr(checks, "_importable", lambda module: False)
+    with override_settings(KEEPALIVE_PROMETHEUS=True):
+        assert ids(checks.check_settings()) == ["keepalive_mw.W008"]

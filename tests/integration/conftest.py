@@ -30,7 +30,8 @@ def _short(text, limit):
 @pytest.fixture
 def unique_name(request):
     """A name unique to this test run: for application_name (and database names)."""
-    return f"kamw_{_short(request.node.name, 30)}_{uuid.uuid4().hex[:6]}"
+    # Short: keepalive_mw appends " keepalive_mw <host>:<pid>" within PostgreSQL's 63 bytes.
+    return f"kamw_{_short(request.node.name, 18)}_{uuid.uuid4().hex[:6]}"
 
 
 class ExampleDatabase:

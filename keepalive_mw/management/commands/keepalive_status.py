@@ -1,0 +1,123 @@
+"""manage.py keepalive_status: every connection the app holds, as the servers see them."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+from keepalive_mw import status
+
+# --fail-on conditions: name -> (what it measures, unit kind).
+CONDITIONS = {
+    "idle-in-transaction": "longest time a session has sat idle in transaction",
+    "transaction": "longest open transaction",
+    "usage": "connections in use on the server against max_connections",
+    "app-usage": "this application's connections against max_connections",
+    "connections": "this application's connections",
+}
+_CONDITION = re.compile(r"^(?P<name>[a-z-]+)>(?P<value>\d+(?:\.\d+)?)(?P<unit>s|m|h|%)?$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
+
+# Exit statuses, for monitoring probes.
+EXIT_CONDITION = 1
+EXIT_UNREACHABLE = 2
+
+
+def parse_condition(text: str) -> tuple[str, float]:
+    """Parse ``NAME>VALUE[unit]`` into (name, limit in seconds, percent or count)."""
+    match = _CONDITION.match(text.replace(" ", ""))
+    if not match or match["name"] not in CONDITIONS:
+        raise CommandError(
+            f"invalid --fail-on {text!r}: use NAME>VALUE with NAME one of "
+            + ", ".join(CONDITIONS) + " (e.g. idle-in-transaction>30s, usage>80%)."
+        )
+    name, value, unit = match["name"], float(match["value"]), match["unit"]
+    if name in ("usage", "app-usage"):
+        allowed, takes = {"%", None}, "a percentage, e.g. 80%"
+    elif name == "connections":
+        allowed, takes = {None}, "a count, e.g. 50"
+    else:
+        allowed, takes = set(_SECONDS), "a duration in s, m or h, e.g. 30s"
+        value *= _SECONDS[unit]
+    if unit not in allowed:
+        raise CommandError(f"invalid --fail-on {text!r}: {name} takes {takes}.")
+    return name, value
+
+
+def measure(name: str, server: dict[str, Any]) -> float:
+    sessions = server["sessions"]
+    if name == "idle-in-transaction":
+        return max((s["state_seconds"] or 0 for s in sessions["idle_in_transaction"]), default=0)
+    if name == "transaction":
+        return max((s["transaction_seconds"] or 0 for s in sessions["longest_transactions"]),
+                   default=0)
+    if name == "usage":
+        return server["headroom"]["usage_percent"]
+    if name == "app-usage":
+        return server["headroom"]["app_usage_percent"]
+    return sessions["count"]
+
+
+class Command(BaseCommand):
+    help = ("Report the keepalive settings in force and every connection the application "
+            "holds, as the database servers see them.")
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--database", choices=list(connections), metavar="ALIAS",
+                            help="Report one alias (default: all). Choices: "
+                            + ", ".join(connections) + ".")
+        parser.add_argument("--format", choices=["text", "json"], default="text")
+        parser.add_argument("--watch", type=float, metavar="SECONDS",
+                            help="Refresh every SECONDS until interrupted.")
+        parser.add_argument("--fail-on", action="append", default=[], metavar="CONDITION",
+                            help="Exit with status 1 when CONDITION holds, e.g. "
+                            "idle-in-transaction>30s, usage>80%%, connections>50. "
+                            "Names: " + ", ".join(CONDITIONS) + ".")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        conditions = [parse_condition(text) for text in options["fail_on"]]
+        if options["watch"] is not None and options["watch"] <= 0:
+            raise CommandError("--watch takes a number of seconds greater than 0")
+        aliases = [options["database"]] if options["database"] else list(connections)
+        while True:
+            code = self.run_once(aliases, options["format"], conditions)
+            if options["watch"] is None:
+                break
+            try:
+                time.sleep(options["watch"])
+            except KeyboardInterrupt:
+                break
+        if code:
+            sys.exit(code)
+
+    def run_once(self, aliases: list[str], fmt: str, conditions: list[tuple[str, float]]) -> int:
+        reports = [status.report(alias) for alias in aliases]
+        failed = []
+        for rep in reports:
+            server = rep["server"]
+            if server is None or "sessions" not in server:
+                continue
+            for name, limit in conditions:
+                value = measure(name, server)
+                if value > limit:
+                    failed.append({"alias": rep["alias"], "condition": name,
+                                   "value": value, "limit": limit})
+        unreachable = [rep for rep in reports if rep["error"]]
+        code = EXIT_UNREACHABLE if unreachable else EXIT_CONDITION if failed else 0
+        if fmt == "json":
+            document = {"schema_version": status.SCHEMA_VERSION, "generated_at":
+                        status.now_iso(), "aliases": reports, "failed_conditions": failed,
+                        "exit_status": code}
+            self.stdout.write(json.dumps(document, indent=2))
+        else:
+            from keepalive_mw.status_text import render
+
+            self.stdout.write(render(reports, failed, self.style))
+        return code

@@ -1,0 +1,106 @@
+"""Prometheus metrics, when prometheus_client is installed and KEEPALIVE_PROMETHEUS is True.
+
+Names follow django-prometheus (``django_db_*`` there, ``django_keepalive_*`` here), with
+``alias`` and ``vendor`` labels. Values are copied from each process's counters by its
+housekeeper thread every few seconds, never on a request's path; with
+PROMETHEUS_MULTIPROC_DIR set (multi-process gunicorn) prometheus_client adds the processes
+up, the gauges as live sums.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .pool import CLOSE_REASONS, all_pools
+
+# Seconds between two copies of the counters into the metrics.
+SYNC_INTERVAL = 5.0
+
+_metrics: dict[str, Any] | None = None
+# Counter values already added to the metrics, per (alias, counter key).
+_synced: dict[tuple[str, str], int] = {}
+_lock = threading.Lock()
+
+# counter key -> (metric, extra labels)
+_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
+    "connections_opened": ("connections_opened", {}),
+    "connections_reused": ("connections_reused", {}),
+    **{f"connections_closed_{r}": ("connections_closed", {"reason": r}) for r in CLOSE_REASONS},
+    "checks_free": ("checks", {"kind": "free"}),
+    "checks_ping": ("checks", {"kind": "ping"}),
+    "checks_failed": ("checks_failed", {}),
+    "transactions_committed": ("transactions_ended", {"outcome": "committed"}),
+    "transactions_rolled_back": ("transactions_ended", {"outcome": "rolled_back"}),
+    "requests_queued": ("requests_queued", {}),
+    "requests_errors": ("requests_wait_errors", {}),
+}
+
+
+def enabled() -> bool:
+    from . import conf
+
+    return bool(conf.global_value(conf.PROMETHEUS))
+
+
+def _create() -> dict[str, Any]:
+    from prometheus_client import Counter, Gauge
+
+    def counter(name: str, doc: str, *labels: str) -> Any:
+        return Counter(f"django_keepalive_{name}", doc, ["alias", "vendor", *labels])
+
+    return {
+        "connections_opened": counter("connections_opened", "Server connections opened."),
+        "connections_reused": counter("connections_reused",
+                                      "Kept connections handed out again."),
+        "connections_closed": counter("connections_closed", "Connections closed, by reason.",
+                                      "reason"),
+        "checks": counter("checks", "Health checks before reuse, by kind.", "kind"),
+        "checks_failed": counter("checks_failed", "Health checks that found a dead connection."),
+        "transactions_ended": counter("transactions_ended",
+                                      "Transactions found open at request end.", "outcome"),
+        "requests_queued": counter("requests_queued", "Requests that waited at the bound."),
+        "requests_wait_seconds": counter("requests_wait_seconds",
+                                         "Time requests waited at the bound."),
+        "requests_wait_errors": counter("requests_wait_errors",
+                                        "Requests that gave up waiting at the bound."),
+        "connections": Gauge("django_keepalive_connections", "Connections held, by state.",
+                             ["alias", "vendor", "state"], multiprocess_mode="livesum"),
+    }
+
+
+def sync() -> None:
+    """Copy this process's counters into the metrics (creating them the first time)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = _create()
+        from django.db import connections
+
+        for pool in all_pools():
+            vendor = connections.settings[pool.alias]["ENGINE"].rsplit(".", 1)[-1]
+            labels = {"alias": pool.alias, "vendor": vendor}
+            stats = dict(pool.stats)
+            for key, (metric, extra) in _COUNTERS.items():
+                _add(pool.alias, key, stats[key], _metrics[metric].labels(**labels, **extra))
+            _add(pool.alias, "requests_wait_ms", stats["requests_wait_ms"],
+                 _metrics["requests_wait_seconds"].labels(**labels), scale=1000)
+            idle = pool.idle_count()
+            _metrics["connections"].labels(**labels, state="idle").set(idle)
+            _metrics["connections"].labels(**labels, state="in_use").set(pool.size - idle)
+
+
+def _add(alias: str, key: str, value: int, child: Any, scale: float = 1) -> None:
+    before = _synced.get((alias, key), 0)
+    if value > before:
+        child.inc((value - before) / scale)
+    _synced[(alias, key)] = value
+
+
+def after_fork() -> None:
+    """A forked child's counters start at zero: copy from zero on.
+
+    The metric objects stay (registered once per process tree); in multi-process mode
+    prometheus_client gives the child its own files.
+    """
+    _synced.clear()

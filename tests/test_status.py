@@ -1,0 +1,176 @@
+"""keepalive_status reports what the servers see, as text or JSON, and works as a probe."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from keepalive_mw import attribution
+from tests.helpers import in_thread, my_admin, wsgi_get
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def status(*args):
+    """Run the command; return (exit status, stdout)."""
+    out = io.StringIO()
+    try:
+        call_command("keepalive_status", *args, stdout=out)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue()
+
+
+def status_json(*args):
+    code, out = status("--format", "json", *args)
+    return code, json.loads(out)
+
+
+@pytest.fixture
+def worker_sessions():
+    """Sessions as two other worker processes would hold them: one idle in transaction."""
+    db = connections["default"].settings_dict
+    opened = []
+    for pid, in_transaction in ((4101, True), (4102, False)):
+        conn = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                               dbname=db["NAME"],
+                               application_name=attribution.application_name(None, pid))
+        conn.execute("SELECT 1")  # psycopg opens a transaction: left idle in it
+        if not in_transaction:
+            conn.commit()
+        opened.append(conn)
+    yield
+    for conn in opened:
+        conn.close()
+
+
+def test_json_reports_states_processes_and_offenders(worker_sessions):
+    in_thread(wsgi_get, "/pid/default/")  # a kept connection of this process
+    code, report = status_json("--database", "default")
+    assert code == 0 and report["schema_version"] == 1 and report["exit_status"] == 0
+    (alias,) = report["aliases"]
+    sessions = alias["server"]["sessions"]
+    assert sessions["count"] == 3
+    assert sessions["by_state"]["idle in transaction"] == 1
+    assert sessions["by_state"]["idle"] == 2
+    host = attribution.HOST[:20]
+    assert sessions["by_process"] == {f"{host}:4101": 1, f"{host}:4102": 1,
+                                      f"{host}:{os.getpid()}": 1}
+    (waiting,) = sessions["idle_in_transaction"]
+    assert waiting["process"] == f"{host}:4101" and waiting["transaction_seconds"] >= 0
+    ages = [s["connected_seconds"] for s in sessions["oldest"]]
+    assert ages == sorted(ages, reverse=True) and len(ages) == 3
+    headroom = alias["server"]["headroom"]
+    assert headroom["in_use_by_app"] == 3 and headroom["max_connections"] > 0
+
+
+def test_text_report_fits_100_columns_and_names_offenders(worker_sessions):
+    code, out = status("--database", "default")
+    assert code == 0
+    assert all(len(line) <= 100 for line in out.splitlines())
+    assert "idle in transaction 1" in out
+    assert f"{attribution.HOST[:20]}:4101" in out
+    assert "max age 600 s" in out
+
+
+def test_fail_on_conditions_set_the_exit_status(worker_sessions):
+    assert status("--database", "default", "--fail-on", "idle-in-transaction>0s")[0] == 1
+    assert status("--database", "default", "--fail-on", "idle-in-transaction>1h")[0] == 0
+    assert status("--database", "default", "--fail-on", "connections>1")[0] == 1
+    assert status("--database", "default", "--fail-on", "usage>99%")[0] == 0
+    code, out = status("--database", "default", "--fail-on", "connections>1")
+    assert "FAIL default: connections is 2, over 1" in out
+
+
+def test_mariadb_sessions_and_open_transactions_are_reported():
+    admin = my_admin()
+    with admin.cursor() as cursor:
+        cursor.execute("USE `%s`" % connections["mysql"].settings_dict["NAME"])
+        cursor.execute("START TRANSACTION")
+        cursor.execute("SELECT COUNT(*) FROM testapp_item FOR UPDATE")
+    try:
+        code, report = status_json("--database", "mysql")
+    finally:
+        admin.rollback()
+        admin.close()
+    sessions = report["aliases"][0]["server"]["sessions"]
+    assert code == 0
+    assert sessions["by_state"]["idle in transaction"] == 1
+    assert report["aliases"][0]["server"]["headroom"]["max_connections"] > 0
+
+
+def test_sqlite_is_said_plainly():
+    code, report = status_json("--database", "sqlite")
+    server = report["aliases"][0]["server"]
+    assert code == 0 and "SQLite has no server" in server["note"]
+
+
+def test_unreachable_database_is_one_line_and_exit_status_2():
+    code, out = status("--database", "pg_proxy")  # nothing listens on its port
+    assert code == 2
+    (line,) = [line for line in out.splitlines() if "unreachable" in line]
+    assert "Traceback" not in out and "Connection refused" in line
+    code, report = status_json("--database", "pg_proxy")
+    assert code == 2 and report["aliases"][0]["error"]
+
+
+def test_risky_settings_are_warned_about():
+    from django.test import override_settings
+
+    with override_settings(KEEPALIVE_HEALTH_CHECKS=False):
+        report = status_json("--database", "default")[1]
+    assert any("health checks are off" in w for w in report["aliases"][0]["warnings"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "xml"], "invalid choice"),
+    (["--database", "nope"], "invalid choice"),
+    (["--fail-on", "slowness>5s"], "idle-in-transaction, transaction, usage"),
+    (["--fail-on", "usage>5s"], "usage takes a percentage"),
+    (["--fail-on", "connections>5%"], "connections takes a count"),
+    (["--watch", "0"], "greater than 0"),
+])
+def test_bad_arguments_are_command_errors_with_the_choices(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("keepalive_status", *args, stdout=io.StringIO())
+
+
+def test_json_schema_is_stable():
+    code, report = status_json()
+    assert set(report) == {"schema_version", "generated_at", "aliases", "failed_conditions",
+                           "exit_status"}
+    for alias in report["aliases"]:
+        assert set(alias) == {"alias", "vendor", "managed", "settings", "warnings", "server",
+                              "error"}
+        server = alias["server"]
+        if alias["error"] or alias["vendor"] == "sqlite":
+            continue
+        assert set(server) == {"sessions", "other_sessions_on_database", "headroom",
+                               "attribution"}
+        assert set(server["sessions"]) == {"count", "by_state", "by_process", "oldest",
+                                           "idle_in_transaction", "longest_transactions"}
+        assert set(server["headroom"]) == {"max_connections", "reserved_connections",
+                                           "in_use", "in_use_by_app", "usage_percent",
+                                           "app_usage_percent"}
+        for session in server["sessions"]["oldest"]:
+            assert set(session) == {"id", "state", "connected_seconds", "state_seconds",
+                                    "transaction_seconds", "client", "process",
+                                    "application_name"}
+
+
+def test_application_name_keeps_the_configured_name_first():
+    name = attribution.application_name("billing-web", 77)
+    assert name.startswith("billing-web keepalive_mw ") and name.endswith(":77")
+    assert attribution.origin(name) == ("billing-web", attribution.HOST[:20], 77)
+    assert len(attribution.application_name("x" * 200, 12345).encode()) <= 63
+    long_name = attribution.application_name("y" * 40, 12345)
+    assert long_name.startswith("y" * 40) and attribution.origin(long_name).pid == 12345
+    assert attribution.origin("psql") is None
