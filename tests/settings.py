@@ -14,65 +14,41 @@ def _env(prefix, key, default):
 
 _TMP = tempfile.gettempdir()
 
+def _server(prefix, engine, default_user, default_port, **extra):
+    """A PostgreSQL or MariaDB entry, coordinates from KEEPALIVE_TEST_<prefix>_* variables."""
+    return {
+        "ENGINE": engine,
+        "NAME": _env(prefix, "NAME", "test"),
+        "USER": _env(prefix, "USER", default_user),
+        "PASSWORD": _env(prefix, "PASSWORD", ""),
+        "HOST": _env(prefix, "HOST", "127.0.0.1"),
+        "PORT": _env(prefix, "PORT", default_port),
+        **extra,
+    }
+
+
+def _pg(**extra):
+    return _server("PG", "django.db.backends.postgresql", "postgres", "5432", **extra)
+
+
+def _mysql(**extra):
+    return _server("MYSQL", "django.db.backends.mysql", "root", "3306",
+                   OPTIONS={"charset": "utf8mb4"}, **extra)
+
+
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": _env("PG", "NAME", "test"),
-        "USER": _env("PG", "USER", "postgres"),
-        "PASSWORD": _env("PG", "PASSWORD", ""),
-        "HOST": _env("PG", "HOST", "127.0.0.1"),
-        "PORT": _env("PG", "PORT", "5432"),
-        "CONN_MAX_AGE": 0,
-        "TEST": {"NAME": "keepalive_test"},
-    },
-    "mysql": {
-        "ENGINE": "django.db.backends.mysql",
-        "NAME": _env("MYSQL", "NAME", "test"),
-        "USER": _env("MYSQL", "USER", "root"),
-        "PASSWORD": _env("MYSQL", "PASSWORD", ""),
-        "HOST": _env("MYSQL", "HOST", "127.0.0.1"),
-        "PORT": _env("MYSQL", "PORT", "3306"),
-        "CONN_MAX_AGE": 0,
-        "OPTIONS": {"charset": "utf8mb4"},
-        "TEST": {"NAME": "keepalive_test_mysql", "CHARSET": "utf8mb4"},
-    },
+    "default": _pg(TEST={"NAME": "keepalive_test"}),
+    "mysql": _mysql(TEST={"NAME": "keepalive_test_mysql", "CHARSET": "utf8mb4"}),
     # The same databases with AUTOCOMMIT off: writes persist only if committed.
-    "pg_manual": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": _env("PG", "NAME", "test"),
-        "USER": _env("PG", "USER", "postgres"),
-        "PASSWORD": _env("PG", "PASSWORD", ""),
-        "HOST": _env("PG", "HOST", "127.0.0.1"),
-        "PORT": _env("PG", "PORT", "5432"),
-        "AUTOCOMMIT": False,
-        "TEST": {"MIRROR": "default"},
-    },
+    "pg_manual": _pg(AUTOCOMMIT=False, TEST={"MIRROR": "default"}),
+    "mysql_manual": _mysql(AUTOCOMMIT=False, TEST={"MIRROR": "mysql"}),
     # PostgreSQL through tests/proxy.py, whose links a test can stall like a dead network.
-    "pg_proxy": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": _env("PG", "NAME", "test"),
-        "USER": _env("PG", "USER", "postgres"),
-        "PASSWORD": _env("PG", "PASSWORD", ""),
-        "HOST": "127.0.0.1",
-        "PORT": os.environ.get("KEEPALIVE_TEST_PROXY_PORT", "25439"),
-        "TEST": {"MIRROR": "default"},
-    },
-    "mysql_manual": {
-        "ENGINE": "django.db.backends.mysql",
-        "NAME": _env("MYSQL", "NAME", "test"),
-        "USER": _env("MYSQL", "USER", "root"),
-        "PASSWORD": _env("MYSQL", "PASSWORD", ""),
-        "HOST": _env("MYSQL", "HOST", "127.0.0.1"),
-        "PORT": _env("MYSQL", "PORT", "3306"),
-        "OPTIONS": {"charset": "utf8mb4"},
-        "AUTOCOMMIT": False,
-        "TEST": {"MIRROR": "mysql"},
-    },
+    "pg_proxy": {**_pg(TEST={"MIRROR": "default"}), "HOST": "127.0.0.1",
+                 "PORT": os.environ.get("KEEPALIVE_TEST_PROXY_PORT", "25439")},
     "sqlite": {
         "ENGINE": "django.db.backends.sqlite3",
         # Files, not :memory:, so connection persistence is really exercised.
         "NAME": os.path.join(_TMP, "keepalive_mw_tests.sqlite3"),
-        "CONN_MAX_AGE": 0,
         "TEST": {"NAME": os.path.join(_TMP, "keepalive_mw_tests_test.sqlite3")},
     },
 }

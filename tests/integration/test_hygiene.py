@@ -20,6 +20,20 @@ def _open_transactions(database, appname):
     return servers.mysql_open_transactions(database.name)
 
 
+def _settled(db, database, unique_name):
+    """Open transactions and sessions once the last requests had a bounded moment to end:
+    the response reaches the client before request_finished runs (WSGI close())."""
+    try:
+        servers.wait_for(lambda: not _open_transactions(database, unique_name), SETTLE, 0.1,
+                         "no open transactions")
+    except servers.HarnessError:
+        pass
+    open_trx = _open_transactions(database, unique_name)
+    if db == "postgresql":
+        return open_trx, dict(servers.pg_session_states(database.name, unique_name))
+    return open_trx, servers.mysql_processes(database.name)
+
+
 @pytest.mark.parametrize("kind", ["sync", "uvicorn"])
 @pytest.mark.parametrize("db", ["postgresql", "mysql"])
 def test_commit_on_success_rollback_on_failure(request, db, kind, variant, unique_name):
@@ -28,18 +42,7 @@ def test_commit_on_success_rollback_on_failure(request, db, kind, variant, uniqu
     env = database.env(variant, unique_name, EXAMPLE_AUTOCOMMIT="0")
     with servers.Server(kind, env, workers=2) as server:
         result = servers.run_load(server.port, PATTERN, clients=4, total=TOTAL)
-        # The response reaches the client before request_finished runs (WSGI close()),
-        # so give the last requests a bounded moment.
-        try:
-            servers.wait_for(lambda: not _open_transactions(database, unique_name), SETTLE, 0.1,
-                             "no open transactions")
-        except servers.HarnessError:
-            pass
-        open_trx = _open_transactions(database, unique_name)
-        if db == "postgresql":
-            sessions = dict(servers.pg_session_states(database.name, unique_name))
-        else:
-            sessions = servers.mysql_processes(database.name)
+        open_trx, sessions = _settled(db, database, unique_name)
         writes = database.count_rows("write")
         fails = database.count_rows("fail")
         stderr = server.stderr()
@@ -70,16 +73,7 @@ def test_failed_stream_is_rolled_back(request, db, kind, variant, unique_name):
     env = database.env(variant, unique_name, EXAMPLE_AUTOCOMMIT="0")
     with servers.Server(kind, env, workers=2) as server:
         result = servers.run_load(server.port, ["/stream-fail/", "/write/"], clients=4, total=40)
-        try:
-            servers.wait_for(lambda: not _open_transactions(database, unique_name), SETTLE, 0.1,
-                             "no open transactions")
-        except servers.HarnessError:
-            pass
-        open_trx = _open_transactions(database, unique_name)
-        if db == "postgresql":
-            sessions = dict(servers.pg_session_states(database.name, unique_name))
-        else:
-            sessions = servers.mysql_processes(database.name)
+        open_trx, sessions = _settled(db, database, unique_name)
         stream_rows = database.count_rows("stream_fail")
         writes = database.count_rows("write")
     evidence = (f"{db}/{kind}: {result.summary()}; rows stream_fail={stream_rows} write={writes}; "
