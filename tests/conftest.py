@@ -1,3 +1,4 @@
+import gc
 import os
 
 import pytest
@@ -60,4 +61,5 @@ def _fresh_pools():
 
     reset()
     yield
+    gc.collect()  # wrappers of threads that died holding them close with their sockets
     reset()

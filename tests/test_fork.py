@@ -31,6 +31,8 @@ def in_child(fn):
     return out
 
 
+# Forking with threads running (the housekeeper) is the situation this test is about.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_child_opens_its_own_connections_and_parent_sessions_survive():
     admin = pg_admin()
     kept = in_thread(wsgi_get, "/pid/default/")[1]  # idle in the pool
