@@ -14,6 +14,12 @@ EXAMPLE_AUTOCOMMIT    "1" (default) or "0" (DATABASES AUTOCOMMIT False)
 EXAMPLE_APPNAME       PostgreSQL application_name (lets tests filter pg_stat_activity)
 EXAMPLE_CONN_MAX_AGE  explicit CONN_MAX_AGE (overrides the variant's value)
 EXAMPLE_DB_KEEPALIVE  "0": per-alias opt-out, DATABASES["default"]["KEEPALIVE"] = False
+EXAMPLE_DISABLE_SERVER_SIDE_CURSORS
+                      "1": DATABASES DISABLE_SERVER_SIDE_CURSORS True (PgBouncer in
+                      transaction mode)
+EXAMPLE_COUNT_CONNECTIONS
+                      a file: every new database connection appends a line to it
+                      (pid and alias), see example/shop/apps.py; used by the demo
 EXAMPLE_QUERY_AT_IMPORT
                       "1": example/wsgi.py runs one query at import (see there)
 EXAMPLE_IMPORT_PID_FILE
@@ -102,6 +108,8 @@ if _env("EXAMPLE_CONN_MAX_AGE"):
     _db["CONN_MAX_AGE"] = json.loads(_env("EXAMPLE_CONN_MAX_AGE"))
 if _env("EXAMPLE_DB_KEEPALIVE") == "0":
     _db["KEEPALIVE"] = False
+if _env("EXAMPLE_DISABLE_SERVER_SIDE_CURSORS") == "1":
+    _db["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 DATABASES = {"default": _db}
 

@@ -74,8 +74,10 @@ def transaction_state(wrapper: BaseDatabaseWrapper) -> int:
     autocommit is off.
     """
     raw = wrapper.connection
-    info = getattr(raw, "info", None)
-    status = getattr(info, "transaction_status", None)  # psycopg 3 and psycopg2 (libpq)
+    pgconn = getattr(raw, "pgconn", None)  # psycopg 3: libpq's own value, no info object
+    if pgconn is not None:
+        return _LIBPQ_STATES[pgconn.transaction_status]
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)  # psycopg2
     if status is not None:
         return _LIBPQ_STATES[status]
     if driver_says_closed(raw):

@@ -1,0 +1,135 @@
+"""The benchmark's report code, its microbenchmark and the demo: fast, no database fixtures.
+
+The microbenchmark and the demo run in child processes on SQLite files in temp dirs, so these
+tests neither touch the test databases nor depend on pytest-django (``-p no:django`` works).
+"""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import micro
+from bench import run as bench_run
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _child_env():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EXAMPLE_", "KEEPALIVE_")) and k not in ("DJANGO_SETTINGS_MODULE",
+                                                                          "DATABASE_URL")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_microbenchmark_returns_sane_numbers():
+    result = micro.run_micro({"kind": "sqlite"}, configured=3, used=(0, 1, 3), iterations=300,
+                             repeats=2, timeout=60)
+    cases = {(row["mode"], row["configured"], row["used"]) for row in result["rows"]}
+    assert cases == {
+        ("keepalive", 1, 0), ("keepalive", 1, 1), ("keepalive", 3, 0), ("keepalive", 3, 1),
+        ("keepalive", 3, 3), ("django", 1, 0), ("django", 1, 1), ("django", 3, 0),
+        ("django", 3, 1), ("django", 3, 3),
+    }
+    for row in result["rows"]:
+        assert len(row["runs_us"]) == 2
+        # Sane, not fast: positive, finite, below a millisecond per simulated request.
+        assert 0 < row["us_per_request"] < 1000, row
+    derived = result["derived"]
+    assert derived["configured_aliases"] == 3
+    assert derived["keepalive_max_used"] == 3
+    assert math.isfinite(derived["keepalive_per_extra_alias_us"])
+    assert derived["select1_round_trip_us"] > 0
+    text = micro.markdown(result)
+    assert "keepalive_mw (checkout + check + give-back), 3 configured" in text
+    assert "Django close_old_connections ×2, 1 configured" in text
+
+
+def _run(variant, server, rnd, rps, **extra):
+    run = {"variant": variant, "server": server, "round": rnd, "workers": 2, "clients": 8,
+           "rps": rps, "p50_ms": 2.0, "p99_ms": 9.0, "requests": int(rps * 5), "duration_s": 5.0,
+           "non_2xx_3xx": 0, "socket_errors": 0, "too_many_clients": 0, "conns_peak": 4,
+           "conns_after": 4, "served": int(rps * 5), "sessions": 4, "xacts": int(rps * 5) * 3 + 8}
+    run.update(extra)
+    return run
+
+
+def test_report_aggregates_rounds_and_reports_targets():
+    runs = []
+    for rnd, factor in ((1, 1.0), (2, 1.1), (3, 0.9)):
+        runs += [
+            _run("default", "sync", rnd, 200 * factor, sessions=int(200 * factor * 5),
+                 xacts=int(200 * factor * 5) * 5),
+            _run("conn_max_age", "sync", rnd, 1720 * factor),
+            _run("keepalive", "sync", rnd, 1650 * factor),
+            _run("pool", "uvicorn", rnd, 650 * factor),
+            _run("keepalive", "uvicorn", rnd, 660 * factor),
+            _run("conn_max_age", "uvicorn", rnd, 190 * factor, non_2xx_3xx=3, too_many_clients=3,
+                 conns_peak=96, conns_after=90),
+        ]
+    rows = bench_run.aggregate(runs)
+    row = next(r for r in rows if (r["variant"], r["server"]) == ("keepalive", "sync"))
+    assert row["rounds"] == 3 and row["rps"] == 1650
+    assert row["extra_statements_per_request"] < 0.01
+    default = next(r for r in rows if (r["variant"], r["server"]) == ("default", "sync"))
+    assert abs(default["sessions_per_request"] - 1) < 0.01
+    assert abs(default["extra_statements_per_request"] - 2) < 0.01
+    assert abs(default["vs_keepalive"] - 200 / 1650) < 0.01
+    leak = next(r for r in rows if (r["variant"], r["server"]) == ("conn_max_age", "uvicorn"))
+    assert leak["errors"] == 9 and leak["conns_peak"] == 96
+
+    targets = bench_run.targets(rows, None)
+    verdicts = {text: met for text, _value, met in targets}
+    assert verdicts["gunicorn sync: keepalive_mw ≥ 8× Django default"] is True
+    assert verdicts["gunicorn sync: keepalive_mw ≥ 0.97× CONN_MAX_AGE without health checks"] is False
+    assert verdicts["uvicorn: keepalive_mw ≥ 1.0× native pool"] is True
+    assert verdicts["uvicorn: keepalive_mw 0 errors"] is True
+
+    data = {
+        "timestamp": "test", "summary": rows, "micro": None, "files": [],
+        "targets": targets,
+        "config": {"kind": "custom", "rounds": 3, "duration": 5.0, "leak_duration": 3.0,
+                   "max_connections": 100},
+        "machine": {"cores": 2, "cpu": "cpu", "os": "os", "postgresql": "15", "auth": "scram-sha-256",
+                    "python": "3", "django": "5", "psycopg": "3", "gunicorn": "x", "uvicorn": "y",
+                    "gevent": "z", "load_tool": "wrk", "pgbouncer": None},
+    }
+    text = bench_run.markdown(data)
+    assert "| server | variant | req/s | vs keepalive_mw |" in text
+    assert "**keepalive_mw (defaults, health checks on)**" in text
+    assert "(too many clients)" in text
+    assert "MISSED" in text and "met" in text
+
+
+def test_demo_runs_on_sqlite():
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "example" / "demo.py"), "--requests", "20", "--clients", "2"],
+        cwd=REPO_ROOT, env=_child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for heading in ("plain Django", "with keepalive_mw", "requests served", "connections opened",
+                    "time taken", "keepalive_status"):
+        assert heading in out, out
+    assert "Traceback" not in out + proc.stderr
+    served = next(line for line in out.splitlines() if "requests served" in line).split()
+    opened = next(line for line in out.splitlines() if "connections opened" in line).split()
+    assert served[-2:] == ["20", "20"], out
+    assert int(opened[-2]) == 20, out  # plain Django: one connection per request
+    assert 1 <= int(opened[-1]) <= 4, out  # keepalive_mw: one per worker (or thread) at most
+
+
+def test_demo_reads_database_url(monkeypatch, tmp_path):
+    from example import demo
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://alice:p%40ss@db.example:6543/shop")
+    env, text = demo.database_env(tmp_path)
+    assert env == {"EXAMPLE_DB": "postgresql", "EXAMPLE_DB_NAME": "shop", "EXAMPLE_DB_HOST": "db.example",
+                   "EXAMPLE_DB_PORT": "6543", "EXAMPLE_DB_USER": "alice", "EXAMPLE_DB_PASSWORD": "p@ss",
+                   "EXAMPLE_APPNAME": "keepalive-demo"}
+    assert "shop" in text
+    monkeypatch.delenv("DATABASE_URL")
+    env, _text = demo.database_env(tmp_path)
+    assert env == {"EXAMPLE_DB": "sqlite", "EXAMPLE_SQLITE_PATH": str(tmp_path / "demo.sqlite3")}
