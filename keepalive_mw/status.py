@@ -145,12 +145,14 @@ def _postgresql(wrapper: Any) -> dict[str, Any]:
         cursor.execute("SELECT current_setting('max_connections')::int,"
                        " current_setting('superuser_reserved_connections')::int")
         limit, reserved = cursor.fetchone()
-    own = [_session(*row[:7]) for row in rows if row[7] and not row[8]]
-    name = attribution.application_name(
-        wrapper.settings_dict.get("OPTIONS", {}).get("application_name"), pid=0)
-    name = name[: name.rindex(f" {attribution.MARK} ")]  # the configured part, as sent
-    app = [s for s in own if (attribution.origin(s["application_name"]) or ("",))[0] == name]
-    others = [s for s in own if s not in app]
+    # This app's sessions carry its configured name, as keepalive_mw sends it (maybe cut).
+    configured = wrapper.settings_dict.get("OPTIONS", {}).get("application_name")
+    name = attribution.origin(attribution.application_name(configured, pid=0)).name
+    app, others = [], []
+    for row in rows:
+        if row[7] and not row[8]:  # this database, not this command's own session
+            origin = attribution.origin(row[6])
+            (app if origin and origin.name == name else others).append(_session(*row[:7]))
     return {
         "sessions": _summary(app),
         "other_sessions_on_database": _summary(others)["by_state"],
