@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("keepalive_mw")
 
+
 def end_of_use(
     wrapper: BaseDatabaseWrapper,
     kept: KeptConnection,

@@ -62,8 +62,13 @@ class _ThreadRecord(threading.local):
 
 _record = _ThreadRecord()
 
-# Django's own ConnectionHandler.create_connection, bound to the connections object.
-_django_create_connection: Callable[[str], BaseDatabaseWrapper] | None = None
+def _not_installed(alias: str) -> BaseDatabaseWrapper:
+    raise RuntimeError("keepalive_mw is not installed: add it to INSTALLED_APPS")
+
+
+# Django's own ConnectionHandler.create_connection, bound to the connections object; set
+# when the app is ready.
+_django_create_connection: Callable[[str], BaseDatabaseWrapper] = _not_installed
 
 
 # -- checkout ------------------------------------------------------------------------------
@@ -336,4 +341,7 @@ class scope(ContextDecorator):
 
 def after_fork() -> None:
     """In a forked child: the forking thread's record refers to the parent's connections."""
-    _record.__init__()
+    _record.scopes = []
+    _record.unscoped = []
+    _record.request = None
+    _record.outcome = None

@@ -121,7 +121,8 @@ class AliasPool:
             if self._idle:
                 return self._idle.pop()
             if bound is None or self.size < bound:
-                return self._reserve_locked()
+                self._reserve_locked()
+                return None
             started = time.monotonic()
             deadline = started + wait_timeout
             self.waiting += 1
@@ -130,7 +131,8 @@ class AliasPool:
                     if self._idle:
                         return self._idle.pop()
                     if self.size < bound:
-                        return self._reserve_locked()
+                        self._reserve_locked()
+                        return None
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         self.stats["requests_errors"] += 1
@@ -150,7 +152,6 @@ class AliasPool:
         self.size += 1
         if self.size > self.size_peak:
             self.size_peak = self.size
-        return None
 
     def give_back(self, wrapper: BaseDatabaseWrapper) -> None:
         """Keep a clean wrapper with a live connection for the next user."""

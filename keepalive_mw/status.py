@@ -147,8 +147,10 @@ def _postgresql(wrapper: Any) -> dict[str, Any]:
         limit, reserved = cursor.fetchone()
     # This app's sessions carry its configured name, as keepalive_mw sends it (maybe cut).
     configured = wrapper.settings_dict.get("OPTIONS", {}).get("application_name")
-    name = attribution.origin(attribution.application_name(configured, pid=0)).name
-    app, others = [], []
+    sent = attribution.origin(attribution.application_name(configured, pid=0))
+    name = sent.name if sent else None
+    app: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
     for row in rows:
         if row[7] and not row[8]:  # this database, not this command's own session
             origin = attribution.origin(row[6])

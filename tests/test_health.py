@@ -12,7 +12,15 @@ from django.test import override_settings
 from freezegun import freeze_time
 
 from keepalive_mw import get_stats
-from tests.helpers import in_thread, my_admin, my_sessions, pg_admin, pg_sessions, pg_terminate_all, wsgi_get
+from tests.helpers import (
+    in_thread,
+    my_admin,
+    my_sessions,
+    pg_admin,
+    pg_sessions,
+    pg_terminate_all,
+    wsgi_get,
+)
 from tests.proxy import StallingProxy
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

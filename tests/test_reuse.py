@@ -8,7 +8,15 @@ import pytest
 from django.db import connections
 
 from keepalive_mw import get_stats
-from tests.helpers import asgi_get, in_thread, my_admin, my_sessions, pg_admin, pg_sessions, wsgi_get
+from tests.helpers import (
+    asgi_get,
+    in_thread,
+    my_admin,
+    my_sessions,
+    pg_admin,
+    pg_sessions,
+    wsgi_get,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
