@@ -116,8 +116,9 @@ def _conflicts(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
             "without a round trip per request.",
             id="keepalive_mw.W006",
         ))
-    reset = db.get(conf.ALIAS_KEY, {}) if isinstance(db.get(conf.ALIAS_KEY), dict) else {}
-    if reset.get("RESET_SESSION", conf.global_value(conf.OPTIONS_BY_NAME["RESET_SESSION"])):
+    overrides = db.get(conf.ALIAS_KEY)
+    if conf.value_for(overrides if isinstance(overrides, dict) else {},
+                      conf.OPTIONS_BY_NAME["RESET_SESSION"]):
         engine = db.get("ENGINE", "")
         if "postgresql" not in engine:
             found.append(checks.Warning(

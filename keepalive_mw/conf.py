@@ -128,6 +128,11 @@ def global_value(option: Option) -> Any:
     return getattr(settings, option.setting, option.default)
 
 
+def value_for(overrides: dict[str, Any], option: Option) -> Any:
+    """The value of ``option`` for an alias: its override, else the global setting."""
+    return overrides[option.name] if option.name in overrides else global_value(option)
+
+
 def alias_overrides(alias: str) -> Any:
     """Return ``DATABASES[alias]["KEEPALIVE"]``: True (default), False or a dict."""
     return settings.DATABASES.get(alias, {}).get(ALIAS_KEY, True)
@@ -150,7 +155,7 @@ def resolve(alias: str) -> AliasConfig | None:
         )
     values = {}
     for option in OPTIONS:
-        value = overrides.get(option.name, global_value(option))
+        value = value_for(overrides, option)
         problem = option.validate(value)
         if problem:
             raise ImproperlyConfigured(f"{option.setting} {problem} (alias {alias!r}).")
