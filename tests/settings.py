@@ -2,6 +2,9 @@
 
 Database coordinates can be overridden with KEEPALIVE_TEST_PG_* and
 KEEPALIVE_TEST_MYSQL_* environment variables (NAME, HOST, PORT, USER, PASSWORD).
+KEEPALIVE_TEST_RUN (a short label) is appended to the test databases' names, so that two
+runs on one machine (two checkouts) do not share them; KEEPALIVE_TEST_PROXY_PORT then
+gives the second run its own proxy port.
 """
 
 import os
@@ -13,6 +16,7 @@ def _env(prefix, key, default):
 
 
 _TMP = tempfile.gettempdir()
+_RUN = os.environ.get("KEEPALIVE_TEST_RUN", "")
 
 def _server(prefix, engine, default_user, default_port, **extra):
     """A PostgreSQL or MariaDB entry, coordinates from KEEPALIVE_TEST_<prefix>_* variables."""
@@ -37,8 +41,8 @@ def _mysql(**extra):
 
 
 DATABASES = {
-    "default": _pg(TEST={"NAME": "keepalive_test"}),
-    "mysql": _mysql(TEST={"NAME": "keepalive_test_mysql", "CHARSET": "utf8mb4"}),
+    "default": _pg(TEST={"NAME": f"keepalive_test{_RUN}"}),
+    "mysql": _mysql(TEST={"NAME": f"keepalive_test_mysql{_RUN}", "CHARSET": "utf8mb4"}),
     # The same databases with AUTOCOMMIT off: writes persist only if committed.
     "pg_manual": _pg(AUTOCOMMIT=False, TEST={"MIRROR": "default"}),
     "mysql_manual": _mysql(AUTOCOMMIT=False, TEST={"MIRROR": "mysql"}),
@@ -48,8 +52,8 @@ DATABASES = {
     "sqlite": {
         "ENGINE": "django.db.backends.sqlite3",
         # Files, not :memory:, so connection persistence is really exercised.
-        "NAME": os.path.join(_TMP, "keepalive_mw_tests.sqlite3"),
-        "TEST": {"NAME": os.path.join(_TMP, "keepalive_mw_tests_test.sqlite3")},
+        "NAME": os.path.join(_TMP, f"keepalive_mw_tests{_RUN}.sqlite3"),
+        "TEST": {"NAME": os.path.join(_TMP, f"keepalive_mw_tests_test{_RUN}.sqlite3")},
     },
 }
 
