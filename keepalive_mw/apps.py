@@ -13,11 +13,12 @@ class KeepAliveConfig(AppConfig):
     verbose_name = "keepalive_mw"
 
     def ready(self) -> None:
-        from . import checks, forking, lifecycle
+        from . import checks, forking, integrations, lifecycle
 
         checks.register()
         install(lifecycle)
         forking.install()
+        integrations.install()
 
 
 # Idempotence: ready() may run more than once (some test set-ups call django.setup() again).

@@ -16,6 +16,7 @@ def register() -> None:
     checks.register(check_settings, TAG)
     checks.register(check_databases, TAG)
     checks.register(check_middleware, TAG)
+    checks.register(check_integrations, TAG)
 
 
 def _error(option: conf.Option, problem: str, where: str) -> checks.Error:
@@ -149,3 +150,47 @@ def check_middleware(**kwargs: Any) -> list[checks.CheckMessage]:
             id="keepalive_mw.W002",
         )]
     return []
+
+
+def check_integrations(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Integrations that are on but cannot do their job, or settings they make moot."""
+    from .integrations import celery, channels, django_tasks
+
+    found: list[checks.CheckMessage] = []
+    if conf.enabled(conf.CELERY) and celery.available():
+        if not celery.fixup_adjustable():
+            found.append(checks.Warning(
+                "Celery's Django fixup is not laid out as keepalive_mw expects: it may close "
+                "kept connections before and after every task, so workers reconnect per task.",
+                hint="Report your Celery version to keepalive_mw. Tasks still end their "
+                "transactions and connections are still checked before reuse.",
+                id="keepalive_mw.W009",
+            ))
+        if getattr(settings, "CELERY_DB_REUSE_MAX", None) is not None:
+            found.append(checks.Warning(
+                "CELERY_DB_REUSE_MAX is set, but keepalive_mw keeps its connections across "
+                "tasks: it only applies to aliases keepalive_mw leaves to Django.",
+                hint="Remove CELERY_DB_REUSE_MAX; KEEPALIVE_MAX_AGE and KEEPALIVE_IDLE_TIMEOUT "
+                "decide when a worker's connection closes.",
+                id="keepalive_mw.W010",
+            ))
+    if conf.enabled(conf.CHANNELS) and channels.available() and not channels.wrappable():
+        found.append(checks.Warning(
+            "channels.db.DatabaseSyncToAsync has no thread_handler: keepalive_mw cannot make "
+            "each database_sync_to_async call a unit of work, so a call's open transaction is "
+            "rolled back instead of committed.",
+            hint="Report your Channels version to keepalive_mw, or wrap the functions in "
+            "keepalive_mw.scope().",
+            id="keepalive_mw.W011",
+        ))
+    if conf.enabled(conf.DJANGO_TASKS) and django_tasks.available():
+        for alias in django_tasks.manual_commit_result_aliases():
+            found.append(checks.Warning(
+                f"Task results are stored on database alias {alias!r}, whose AUTOCOMMIT is "
+                "False: a failed task's result is written in the task's own transaction, "
+                "which is rolled back with it.",
+                hint="Store task results on an alias with autocommit on (a database router "
+                "for the task result model).",
+                id="keepalive_mw.W012",
+            ))
+    return found

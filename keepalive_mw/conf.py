@@ -89,20 +89,31 @@ OPTIONS: tuple[Option, ...] = (
     Option("IDLE_TIMEOUT", 300.0, lambda v: _number_or_none(v, positive=True), "E005",
            "seconds an unused kept connection stays open; None: no limit"),
     Option("END_OF_REQUEST", COMMIT_ON_SUCCESS, _policy, "E006",
-           "what happens to a transaction still open at request end"),
+           "what happens to a transaction still open when a request or unit of work ends"),
     Option("RESET_SESSION", False, _bool, "E007",
            "reset session state (SET, temp tables, advisory locks) before reuse"),
     Option("MAX_CONNECTIONS", None, _count_or_none, "E008",
            "bound on connections per process and alias; None: unbounded"),
     Option("WAIT_TIMEOUT", 30.0, _number, "E009",
            "seconds a request waits at the bound before failing"),
+    Option("LEAK_THRESHOLD", None, lambda v: _number_or_none(v, positive=True), "E013",
+           "seconds a thread may hold a connection outside any request or unit of work "
+           "before a warning says where it took it; None: never"),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 # Settings of the whole process, not of an alias.
 PROMETHEUS = Option("PROMETHEUS", False, _bool, "E012",
                     "export the counters as Prometheus metrics (needs prometheus_client)")
-GLOBAL_OPTIONS: tuple[Option, ...] = (PROMETHEUS,)
+# Integrations: each on by default, and in effect when its framework is installed.
+CELERY = Option("CELERY", True, _bool, "E014",
+                "make each Celery task a unit of work (commit on SUCCESS, else roll back)")
+CHANNELS = Option("CHANNELS", True, _bool, "E015",
+                  "make each Channels database_sync_to_async call a unit of work")
+DJANGO_TASKS = Option("DJANGO_TASKS", True, _bool, "E016",
+                      "make each task of Django's tasks framework a unit of work")
+INTEGRATIONS = (CELERY, CHANNELS, DJANGO_TASKS)
+GLOBAL_OPTIONS: tuple[Option, ...] = (PROMETHEUS, *INTEGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,7 @@ class AliasConfig:
     reset_session: bool
     max_connections: int | None
     wait_timeout: float
+    leak_threshold: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return {option.name: getattr(self, option.name.lower()) for option in OPTIONS}
@@ -126,6 +138,11 @@ class AliasConfig:
 
 def global_value(option: Option) -> Any:
     return getattr(settings, option.setting, option.default)
+
+
+def enabled(option: Option) -> bool:
+    """Is an on/off process-wide setting (an integration) on? An invalid value is off."""
+    return global_value(option) is True
 
 
 def value_for(overrides: dict[str, Any], option: Option) -> Any:

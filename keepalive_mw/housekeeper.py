@@ -11,7 +11,7 @@ import threading
 import time
 
 from . import conf, metrics
-from .pool import CLOSE_IDLE, all_pools
+from .pool import CLOSE_IDLE, AliasPool, all_pools
 
 logger = logging.getLogger("keepalive_mw")
 
@@ -27,7 +27,10 @@ _wake = threading.Event()
 
 
 def run_once(now: float | None = None) -> int:
-    """Close idle kept connections past their age or idle timeout; return how many."""
+    """Close idle kept connections past their age or idle timeout; return how many.
+
+    Also warn about connections held outside units past LEAK_THRESHOLD.
+    """
     from .lifecycle import _close
 
     if now is None:
@@ -39,10 +42,40 @@ def run_once(now: float | None = None) -> int:
             expired = [(wrapper, CLOSE_IDLE) for wrapper in pool.take_all_idle()]
         else:
             expired = pool.take_expired(config.max_age, config.idle_timeout, now)
+            if config.leak_threshold is not None:
+                report_leaks(pool, config.leak_threshold, now)
         for wrapper, reason in expired:
             _close(wrapper, pool, reason)
             closed += 1
     return closed
+
+
+def report_leaks(pool: AliasPool, threshold: float, now: float) -> int:
+    """Warn once per hold about each connection held outside units past ``threshold``.
+
+    As HikariCP's leak detection does: the warning says where the thread took it.
+    Return how many warnings were logged.
+    """
+    warned = 0
+    for kept, wrapper in pool.unscoped():
+        since = kept.unscoped_since
+        if since is None or kept.leak_reported or now - since < threshold:
+            continue
+        if wrapper.connection is None:
+            continue  # a wrapper without a session holds a slot, not a connection
+        kept.leak_reported = True
+        taken_at = kept.taken_at
+        where = "".join(taken_at.format()) if taken_at is not None else "(not recorded)\n"
+        logger.warning(
+            "a connection of database alias %r has been held outside any request or unit "
+            "of work for %.0f s (KEEPALIVE_LEAK_THRESHOLD %g s): end its use with "
+            "close_old_connections() or run the code in keepalive_mw.scope(). "
+            "Taken at:\n%s",
+            pool.alias, now - since, threshold, where.rstrip("\n"),
+        )
+        pool.stats["leak_warnings"] += 1
+        warned += 1
+    return warned
 
 
 def interval() -> float:
@@ -51,7 +84,7 @@ def interval() -> float:
     for pool in all_pools():
         config = conf.config_for(pool.alias)
         if config is not None:
-            for timeout in (config.idle_timeout, config.max_age):
+            for timeout in (config.idle_timeout, config.max_age, config.leak_threshold):
                 if timeout:
                     shortest = min(shortest, timeout / 2)
     return max(MIN_INTERVAL, shortest)

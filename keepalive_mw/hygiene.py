@@ -30,15 +30,16 @@ def end_of_use(
 ) -> str | None:
     """Leave ``wrapper`` clean for its next user; return why it must be closed, or None.
 
-    Run in the thread that used the wrapper, after the request (or scope) is over.
+    Run in the thread that used the wrapper, after its unit of work (a request, a scope,
+    a task) is over.
     """
     alias = wrapper.alias
     if wrapper.in_atomic_block:
         # A transaction.atomic() block never exited (a leaked context manager, a
         # generator abandoned mid-block): its work was never meant to be committed.
         logger.warning(
-            "atomic block still open on database alias %r at request end: "
-            "rolled back, connection closed",
+            "atomic block still open on database alias %r at the end of its unit of work "
+            "(request, scope or task): rolled back, connection closed",
             alias,
         )
         try:
@@ -68,15 +69,16 @@ def end_of_use(
                 stats["transactions_committed"] += 1
                 action = "committed"
             log = logger.debug if not expected else logger.warning
-            log("transaction left open on database alias %r %s at request end", alias, action)
+            log("transaction left open on database alias %r %s at the end of its unit of work",
+                alias, action)
         if wrapper.autocommit != expected:
             wrapper.set_autocommit(expected)
         if config.reset_session:
             health.reset_session(wrapper)
     except Exception:
         logger.exception(
-            "could not end the transaction on database alias %r at request end: "
-            "connection closed, the transaction is lost",
+            "could not end the transaction on database alias %r at the end of its unit of "
+            "work: connection closed, the transaction is lost",
             alias,
         )
         return CLOSE_ERRORS

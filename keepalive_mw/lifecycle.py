@@ -3,7 +3,11 @@
 ``connections.create_connection`` is the one door: Django calls it the first time a thread
 (or greenlet, or async context) touches an alias, so a request that never touches an alias
 costs nothing for it. keepalive_mw hands out a kept wrapper from the alias's pool there,
-and takes it back when the request (or a ``scope``) that took it ends.
+and takes it back when the unit of work that took it ends: a request, a ``scope``, or a
+unit an integration opens (a task, a consumer's database call).
+
+Outside any unit a thread keeps what it takes, as in plain Django, until a unit adopts it
+or Django's own ``close_old_connections()`` marks the end of the thread's unit of work.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import _thread
 import asyncio
 import logging
+import sys
 import threading
+import traceback
+import types
 from contextlib import ContextDecorator
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -41,7 +48,7 @@ FAILED = "failed"
 
 
 class _ThreadRecord(threading.local):
-    """What this thread (greenlet) has taken, and how its request went.
+    """What this thread (greenlet) has taken, in which units, and how its request went.
 
     A plain thread-local, not Django's asgiref Local: request_started, request_finished and
     the middleware's report all run on the request's own thread (under ASGI, its
@@ -49,10 +56,11 @@ class _ThreadRecord(threading.local):
     """
 
     def __init__(self) -> None:
-        # Open scopes, innermost last, each the list of wrappers it took.
+        # Open units of work (requests, scopes, integrations' units), innermost last, each
+        # the list of wrappers it took or adopted.
         self.scopes: list[list[BaseDatabaseWrapper]] = []
-        # Wrappers taken outside any scope (startup code, commands, tests): the next request
-        # on this thread adopts them, so that they are given back at its end.
+        # Wrappers taken outside any unit (startup code, commands, worker loops, tests): the
+        # next unit on this thread adopts them, so that they are given back at its end.
         self.unscoped: list[BaseDatabaseWrapper] = []
         # The scope of the request in progress on this thread, or None.
         self.request: list[BaseDatabaseWrapper] | None = None
@@ -106,10 +114,19 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
     if wrapper.vendor == "sqlite" and wrapper.is_in_memory_db():
         pool.forget()  # in-memory databases die with their connection: Django keeps them
         return wrapper
-    pool.track(wrapper)
+    _keep(wrapper, pool)
     attribution.install(wrapper)
     _track(wrapper)
     return wrapper
+
+
+def _keep(wrapper: BaseDatabaseWrapper, pool: AliasPool) -> KeptConnection:
+    """Make ``wrapper`` a kept one of ``pool`` (its slot already reserved)."""
+    kept = pool.track(wrapper)
+    # Django's close_old_connections() calls this on each of the thread's wrappers.
+    wrapper.close_if_unusable_or_obsolete = types.MethodType(  # type: ignore[method-assign]
+        _close_if_unusable_or_obsolete, wrapper)
+    return kept
 
 
 def _track(wrapper: BaseDatabaseWrapper) -> None:
@@ -117,9 +134,18 @@ def _track(wrapper: BaseDatabaseWrapper) -> None:
     if scopes:
         scopes[-1].append(wrapper)
     elif not _in_event_loop():
-        # Outside any request or scope the wrapper stays with its thread, as in plain
-        # Django (a management command, startup code), until a request adopts it.
+        # Outside any unit the wrapper stays with its thread, as in plain Django (a
+        # management command, startup code, a worker's loop), until a unit adopts it or
+        # close_old_connections() ends the thread's use of it.
         _record.unscoped.append(wrapper)
+        config = conf.config_for(wrapper.alias)
+        taken_at = None
+        if config is not None and config.leak_threshold is not None:
+            taken_at = traceback.StackSummary.extract(
+                traceback.walk_stack(sys._getframe(2)), lookup_lines=False)
+            if not housekeeper.running:
+                housekeeper.start()
+        pool_for(wrapper.alias).held_outside(wrapper, taken_at)
     # In an event loop Django keeps a wrapper per async context and it cannot query:
     # nothing to adopt, and the finalizer frees its slot when the context goes.
 
@@ -148,7 +174,7 @@ def adopt_existing() -> None:
             continue
         pool = pool_for(alias)
         pool.reserve()
-        pool.track(wrapper).opened(health.socket_fd(wrapper.connection))
+        _keep(wrapper, pool).opened(health.socket_fd(wrapper.connection))
         wrapper.close_at = None
         wrapper.health_check_enabled = False
         _track(wrapper)
@@ -230,11 +256,118 @@ def close_idle(alias: str | None = None) -> int:
     return closed
 
 
+# -- units of work -------------------------------------------------------------------
+
+
+def _adopt_unscoped() -> list[BaseDatabaseWrapper]:
+    """Return a new unit holding the wrappers this thread took outside any unit.
+
+    Not one inside an atomic block, nor one whose methods someone replaced on the instance
+    (Django's TestCase does both): it belongs to the code around the unit.
+    """
+    record = _record
+    unit: list[BaseDatabaseWrapper] = []
+    if record.unscoped:
+        left = []
+        for wrapper in record.unscoped:
+            if _adoptable(wrapper):
+                pool_for(wrapper.alias).held_in_unit(wrapper._keepalive)
+                unit.append(wrapper)
+            else:
+                left.append(wrapper)
+        record.unscoped = left
+    return unit
+
+
+def _adoptable(wrapper: BaseDatabaseWrapper) -> bool:
+    """May a unit of work on this thread take over a wrapper taken outside any unit?"""
+    return not wrapper.in_atomic_block and not _PATCHED.intersection(wrapper.__dict__)
+
+
+# Instance attributes that mean the code around a unit has made a wrapper its own.
+_PATCHED = frozenset(("connect", "cursor", "ensure_connection"))
+
+
+def _end_through(unit: list[BaseDatabaseWrapper], failed: bool) -> None:
+    """End ``unit`` and the units opened inside it and never closed."""
+    scopes = _record.scopes
+    if any(open_unit is unit for open_unit in scopes):
+        while scopes:
+            inner = scopes.pop()
+            if inner:
+                release(inner, failed)
+            if inner is unit:
+                break
+
+
+def begin_unit() -> list[BaseDatabaseWrapper] | None:
+    """Open a unit of work on this thread, adopting what the thread holds outside units.
+
+    Return the unit, for ``end_unit``; None when the thread is already inside a request
+    or unit, which stays in charge (a task run inline by the code of a request).
+    """
+    record = _record
+    if record.scopes:
+        return None
+    unit = _adopt_unscoped()
+    record.scopes.append(unit)
+    return unit
+
+
+def end_unit(unit: list[BaseDatabaseWrapper] | None, failed: bool) -> None:
+    """Give back or close what ``unit`` took: commit if it succeeded, roll back if not.
+
+    Idempotent; nothing for None (the unit was not opened).
+    """
+    if unit is not None:
+        _end_through(unit, failed)
+
+
+def _close_if_unusable_or_obsolete(wrapper: BaseDatabaseWrapper) -> None:
+    """Django's close_old_connections() on a kept wrapper: the end of a unit of work.
+
+    Outside any request or unit, the thread's use of the wrapper ends as closing it would
+    end it in plain Django: an open transaction is rolled back, and the connection goes
+    back to the pool clean, to be checked before its next use. Inside a request or unit
+    nothing happens: the unit's end decides. A wrapper the surrounding code owns (inside
+    an atomic block, or with methods patched on the instance) gets Django's own rules.
+    """
+    unscoped = _record.unscoped
+    for index, held in enumerate(unscoped):
+        if held is wrapper:
+            break
+    else:
+        return
+    if not _adoptable(wrapper):
+        type(wrapper).close_if_unusable_or_obsolete(wrapper)
+        return
+    del unscoped[index]
+    pool_for(wrapper.alias).held_in_unit(wrapper._keepalive)
+    release([wrapper], failed=True)
+
+
+def release_thread() -> None:
+    """End every unit open on this thread (as failures) and give back what it holds.
+
+    For a worker process that is shutting down.
+    """
+    record = _record
+    record.request = None
+    record.outcome = None
+    while record.scopes:
+        release(record.scopes.pop(), failed=True)
+    held, record.unscoped = record.unscoped, []
+    for wrapper in held:
+        pool_for(wrapper.alias).held_in_unit(wrapper._keepalive)
+        if _adoptable(wrapper):
+            release([wrapper], failed=True)
+
+
 # -- requests --------------------------------------------------------------------------------
 
 
 def on_request_started(sender: Any, **kwargs: Any) -> None:
-    """Open the request's scope; apply Django's own rules to aliases left to Django.
+    """Open the request's unit; apply Django's own rules to aliases left to Django.
 
     Raises ImproperlyConfigured, failing the request, while a KEEPALIVE_* setting is invalid.
     """
@@ -244,26 +377,10 @@ def on_request_started(sender: Any, **kwargs: Any) -> None:
         # that does not call close()): end its use now, as a failure.
         _end_request(record, failed=True)
     record.outcome = None
-    scope: list[BaseDatabaseWrapper] = []
-    if record.unscoped:
-        scope[:] = [wrapper for wrapper in record.unscoped if _adoptable(wrapper)]
-        record.unscoped = [wrapper for wrapper in record.unscoped if not _adoptable(wrapper)]
-    record.request = scope
-    record.scopes.append(scope)
+    unit = _adopt_unscoped()
+    record.request = unit
+    record.scopes.append(unit)
     _django_rules()
-
-
-def _adoptable(wrapper: BaseDatabaseWrapper) -> bool:
-    """May a request on this thread take over a wrapper it finds taken outside any scope?
-
-    Not one inside an atomic block, nor one whose methods someone replaced on the instance
-    (Django's TestCase does both): it belongs to the code around the request.
-    """
-    return not wrapper.in_atomic_block and not _PATCHED.intersection(wrapper.__dict__)
-
-
-# Instance attributes that mean the code around a request has made a wrapper its own.
-_PATCHED = frozenset(("connect", "cursor", "ensure_connection"))
 
 
 def on_request_finished(sender: Any, **kwargs: Any) -> None:
@@ -288,18 +405,11 @@ def abort_request() -> None:
 
 
 def _end_request(record: _ThreadRecord, failed: bool) -> None:
-    request_scope = record.request
+    unit = record.request
     record.request = None
     record.outcome = None
-    scopes = record.scopes
-    if any(open_scope is request_scope for open_scope in scopes):
-        # Scopes opened inside the request and never closed end with it.
-        while scopes:
-            inner = scopes.pop()
-            if inner:
-                release(inner, failed)
-            if inner is request_scope:
-                break
+    if unit is not None:
+        _end_through(unit, failed)
 
 
 def _django_rules() -> None:
@@ -324,13 +434,14 @@ class scope(ContextDecorator):
     """Give code outside requests the same reuse and hygiene as a request.
 
     ``with keepalive_mw.scope():`` (or ``@keepalive_mw.scope()``) in a background thread,
-    task or command: connections first used inside are taken from the pool, and given back
-    clean when the block ends, the transaction committed if the block succeeded and rolled
-    back if it raised (or always rolled back with ``KEEPALIVE_END_OF_REQUEST="rollback"``).
+    task or command: the block is a unit of work. Connections it uses are taken from the
+    pool, or adopted if the thread already held them, and given back clean when the block
+    ends, the transaction committed if the block succeeded and rolled back if it raised
+    (or always rolled back with ``KEEPALIVE_END_OF_REQUEST="rollback"``).
     """
 
     def __enter__(self) -> scope:
-        _record.scopes.append([])
+        _record.scopes.append(_adopt_unscoped())
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -341,6 +452,10 @@ class scope(ContextDecorator):
 
 def after_fork() -> None:
     """In a forked child: the forking thread's record refers to the parent's connections."""
+    for wrapper in _record.unscoped:
+        kept = kept_of(wrapper)
+        if kept is not None:
+            kept.unscoped_since = None
     _record.scopes = []
     _record.unscoped = []
     _record.request = None

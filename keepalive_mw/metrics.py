@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from .pool import CLOSE_REASONS, all_pools
+from .stats import unscoped as stats_unscoped
 
 # Seconds between two copies of the counters into the metrics.
 SYNC_INTERVAL = 5.0
@@ -34,6 +35,7 @@ _COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "transactions_rolled_back": ("transactions_ended", {"outcome": "rolled_back"}),
     "requests_queued": ("requests_queued", {}),
     "requests_errors": ("requests_wait_errors", {}),
+    "leak_warnings": ("leak_warnings", {}),
 }
 
 
@@ -58,14 +60,20 @@ def _create() -> dict[str, Any]:
         "checks": counter("checks", "Health checks before reuse, by kind.", "kind"),
         "checks_failed": counter("checks_failed", "Health checks that found a dead connection."),
         "transactions_ended": counter("transactions_ended",
-                                      "Transactions found open at request end.", "outcome"),
+                                      "Transactions found open at the end of a unit of work.",
+                                      "outcome"),
         "requests_queued": counter("requests_queued", "Requests that waited at the bound."),
         "requests_wait_seconds": counter("requests_wait_seconds",
                                          "Time requests waited at the bound."),
         "requests_wait_errors": counter("requests_wait_errors",
                                         "Requests that gave up waiting at the bound."),
+        "leak_warnings": counter("leak_warnings",
+                                 "Connections held outside units past LEAK_THRESHOLD."),
         "connections": Gauge("django_keepalive_connections", "Connections held, by state.",
                              ["alias", "vendor", "state"], multiprocess_mode="livesum"),
+        "unscoped_age": Gauge("django_keepalive_connections_unscoped_age_seconds",
+                              "Longest time a connection has been held outside any unit.",
+                              ["alias", "vendor"], multiprocess_mode="livemax"),
     }
 
 
@@ -86,8 +94,12 @@ def sync() -> None:
             _add(pool.alias, "requests_wait_ms", stats["requests_wait_ms"],
                  _metrics["requests_wait_seconds"].labels(**labels), scale=1000)
             idle = pool.idle_count()
-            _metrics["connections"].labels(**labels, state="idle").set(idle)
-            _metrics["connections"].labels(**labels, state="in_use").set(pool.size - idle)
+            unscoped, age_ms = stats_unscoped(pool)
+            gauge = _metrics["connections"]
+            gauge.labels(**labels, state="idle").set(idle)
+            gauge.labels(**labels, state="unscoped").set(unscoped)
+            gauge.labels(**labels, state="in_use").set(max(0, pool.size - idle - unscoped))
+            _metrics["unscoped_age"].labels(**labels).set(age_ms / 1000)
 
 
 def _add(alias: str, key: str, value: int, child: Any, scale: float = 1) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import traceback
 import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -43,6 +44,7 @@ COUNTERS = (
     "requests_queued",
     "requests_wait_ms",
     "requests_errors",
+    "leak_warnings",
 )
 
 
@@ -50,7 +52,7 @@ class KeptConnection:
     """What keepalive_mw knows about one wrapper's current server connection."""
 
     __slots__ = ("opened_at", "lifetime_factor", "last_used_at", "fd", "poller", "suspect",
-                 "finalizer")
+                 "finalizer", "unscoped_since", "taken_at", "leak_reported")
 
     def __init__(self) -> None:
         # monotonic time of connect(); None until the wrapper first connects.
@@ -69,6 +71,15 @@ class KeptConnection:
         # Frees the wrapper's slot in its pool if the wrapper is garbage collected without
         # being given back (a thread that died holding it); detached when freed otherwise.
         self.finalizer: weakref.finalize | None = None
+        # monotonic time a thread took the wrapper outside any request or unit of work;
+        # None while a request or unit holds it, or while it is idle. What the unscoped
+        # counts and ages and the leak warning read.
+        self.unscoped_since: float | None = None
+        # Where that thread took it (the stack, lines not yet read), captured only when
+        # LEAK_THRESHOLD is set: what the leak warning shows.
+        self.taken_at: traceback.StackSummary | None = None
+        # The leak warning was logged for this hold: once per hold, not every round.
+        self.leak_reported = False
 
     def opened(self, fd: int | None) -> None:
         self.opened_at = self.last_used_at = time.monotonic()
@@ -108,6 +119,10 @@ class AliasPool:
         # Counters, psycopg_pool style (noun prefix, unit suffix); all keys present, so
         # that counting on the hot path is a plain dict update.
         self.stats: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # Wrappers threads hold outside any request or unit of work, by their
+        # KeptConnection: what get_stats(), the metrics and the leak warning see of them.
+        # Weak references, so that a thread that dies holding one does not keep it alive.
+        self._unscoped: dict[KeptConnection, weakref.ref[BaseDatabaseWrapper]] = {}
 
     # -- taking and giving back -----------------------------------------------------
 
@@ -162,13 +177,14 @@ class AliasPool:
     def track(self, wrapper: BaseDatabaseWrapper) -> KeptConnection:
         """Make a new wrapper from a reserved slot a kept one."""
         kept = wrapper._keepalive = KeptConnection()
-        kept.finalizer = weakref.finalize(wrapper, self.forget)
+        kept.finalizer = weakref.finalize(wrapper, self._collected, kept)
         return kept
 
     def discard(self, wrapper: BaseDatabaseWrapper) -> None:
         """A kept wrapper leaves the pool for good: free its slot."""
         kept = kept_of(wrapper)
         if kept is not None and kept.finalizer is not None and kept.finalizer.detach():
+            self.held_in_unit(kept)
             self.forget()
 
     def forget(self) -> None:
@@ -176,6 +192,40 @@ class AliasPool:
         with self._lock:
             self.size -= 1
             self._freed.notify()
+
+    def _collected(self, kept: KeptConnection) -> None:
+        self.held_in_unit(kept)
+        self.forget()
+
+    # -- held outside requests and units ---------------------------------------------
+
+    def held_outside(self, wrapper: BaseDatabaseWrapper, taken_at: Any) -> None:
+        """A thread took ``wrapper`` outside any request or unit of work."""
+        kept = wrapper._keepalive
+        kept.unscoped_since = time.monotonic()
+        kept.taken_at = taken_at
+        kept.leak_reported = False
+        with self._lock:
+            self._unscoped[kept] = weakref.ref(wrapper)
+
+    def held_in_unit(self, kept: KeptConnection) -> None:
+        """The wrapper of ``kept`` is no longer held outside a unit (adopted, ended, gone)."""
+        if kept.unscoped_since is not None:
+            kept.unscoped_since = None
+            kept.taken_at = None
+            with self._lock:
+                self._unscoped.pop(kept, None)
+
+    def unscoped(self) -> list[tuple[KeptConnection, BaseDatabaseWrapper]]:
+        """The wrappers held outside units now, with their KeptConnection."""
+        with self._lock:
+            held = list(self._unscoped.items())
+        alive = []
+        for kept, ref in held:
+            wrapper = ref()
+            if wrapper is not None:
+                alive.append((kept, wrapper))
+        return alive
 
     # -- housekeeping ---------------------------------------------------------------
 
@@ -204,7 +254,6 @@ class AliasPool:
 
     def idle_count(self) -> int:
         return len(self._idle)
-
 
 
 # One pool per alias keepalive_mw manages in this process.
