@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0.dev0"
-__all__ = ["ConnectionWaitTimeout", "close_idle", "get_stats", "scope"]
+__all__ = ["ConnectionWaitTimeout", "close_idle", "get_stats", "scope", "unit_finished",
+           "unit_started"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,10 +15,10 @@ def __getattr__(name: str) -> Any:
         from .lifecycle import scope
 
         return scope
-    if name == "close_idle":
-        from .lifecycle import close_idle
+    if name in ("close_idle", "unit_started", "unit_finished"):
+        from . import lifecycle
 
-        return close_idle
+        return getattr(lifecycle, name)
     if name == "get_stats":
         from .stats import get_stats
 

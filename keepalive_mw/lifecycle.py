@@ -323,6 +323,48 @@ def end_unit(unit: list[BaseDatabaseWrapper] | None, failed: bool) -> None:
         _end_through(unit, failed)
 
 
+class _KeyedUnits(threading.local):
+    """Units opened by a framework's start hook, found again by the key its end hook repeats.
+
+    Per thread: a framework runs both hooks of a unit on the thread that runs it.
+    """
+
+    def __init__(self) -> None:
+        # key (a task or message id) -> the unit begin_unit() opened, or None when the
+        # work ran inside a request or another unit, which stays in charge.
+        self.open: dict[Any, list[BaseDatabaseWrapper] | None] = {}
+
+
+_keyed = _KeyedUnits()
+
+
+def unit_started(key: Any) -> None:
+    """A framework's unit of work ``key`` (a task or message id) starts on this thread.
+
+    Connections it uses come from the pool, or are adopted if the thread already holds
+    them. Inside a request or another unit it is part of that one.
+    """
+    _keyed.open[key] = begin_unit()
+
+
+def unit_finished(key: Any, failed: bool = False) -> None:
+    """The unit ``key`` ends: commit if it succeeded, roll back if it failed; give back.
+
+    Nothing happens for a key that is not open (already finished, or never started).
+    """
+    keyed = _keyed.open
+    if key in keyed:
+        end_unit(keyed.pop(key), failed)
+
+
+def units_abandoned() -> None:
+    """End, as failures, the units of this thread whose end hook never came."""
+    keyed = _keyed.open
+    while keyed:
+        _, unit = keyed.popitem()
+        end_unit(unit, failed=True)
+
+
 def _close_if_unusable_or_obsolete(wrapper: BaseDatabaseWrapper) -> None:
     """Django's close_old_connections() on a kept wrapper: the end of a unit of work.
 
@@ -351,6 +393,7 @@ def release_thread() -> None:
 
     For a worker process that is shutting down.
     """
+    units_abandoned()
     record = _record
     record.request = None
     record.outcome = None
@@ -458,5 +501,6 @@ def after_fork() -> None:
             kept.unscoped_since = None
     _record.scopes = []
     _record.unscoped = []
+    _keyed.open = {}
     _record.request = None
     _record.outcome = None

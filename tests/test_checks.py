@@ -18,7 +18,8 @@ def ids(messages):
 
 
 def run_all():
-    return checks.check_settings() + checks.check_databases() + checks.check_middleware()
+    return (checks.check_settings() + checks.check_databases() + checks.check_middleware()
+            + checks.check_integrations())
 
 
 def test_default_test_settings_pass():
@@ -41,6 +42,11 @@ def test_default_test_settings_pass():
     ("KEEPALIVE_MAX_CONNECTIONS", 2.5, "keepalive_mw.E008"),
     ("KEEPALIVE_WAIT_TIMEOUT", -1, "keepalive_mw.E009"),
     ("KEEPALIVE_PROMETHEUS", "yes", "keepalive_mw.E012"),
+    ("KEEPALIVE_LEAK_THRESHOLD", 0, "keepalive_mw.E013"),
+    ("KEEPALIVE_LEAK_THRESHOLD", "5m", "keepalive_mw.E013"),
+    ("KEEPALIVE_CELERY", "yes", "keepalive_mw.E014"),
+    ("KEEPALIVE_CHANNELS", 1, "keepalive_mw.E015"),
+    ("KEEPALIVE_DJANGO_TASKS", None, "keepalive_mw.E016"),
 ])
 def test_each_invalid_setting_has_its_error(name, value, check_id):
     with override_settings(**{name: value}):
@@ -54,6 +60,9 @@ def test_each_invalid_setting_has_its_error(name, value, check_id):
     ("KEEPALIVE_PING_AFTER", None), ("KEEPALIVE_PING_AFTER", 0),
     ("KEEPALIVE_IDLE_TIMEOUT", None), ("KEEPALIVE_END_OF_REQUEST", "rollback"),
     ("KEEPALIVE_MAX_CONNECTIONS", 1), ("KEEPALIVE_WAIT_TIMEOUT", 0),
+    ("KEEPALIVE_LEAK_THRESHOLD", None), ("KEEPALIVE_LEAK_THRESHOLD", 0.5),
+    ("KEEPALIVE_CELERY", False), ("KEEPALIVE_CHANNELS", False),
+    ("KEEPALIVE_DJANGO_TASKS", False),
 ])
 def test_valid_values_pass(name, value):
     with override_settings(**{name: value}):
@@ -115,3 +124,34 @@ def test_prometheus_without_prometheus_client_is_a_warning(monkeypatch):
     monkeypatch.setattr(checks, "_importable", lambda module: False)
     with override_settings(KEEPALIVE_PROMETHEUS=True):
         assert ids(checks.check_settings()) == ["keepalive_mw.W008"]
+
+
+def test_celery_db_reuse_max_is_reported_as_moot():
+    with override_settings(CELERY_DB_REUSE_MAX=10):
+        assert ids(checks.check_integrations()) == ["keepalive_mw.W010"]
+    with override_settings(CELERY_DB_REUSE_MAX=10, KEEPALIVE_CELERY=False):
+        assert checks.check_integrations() == []
+
+
+def test_an_unfamiliar_celery_fixup_is_reported(monkeypatch):
+    from celery.fixups.django import DjangoWorkerFixup
+
+    monkeypatch.delattr(DjangoWorkerFixup, "_close_database")
+    assert ids(checks.check_integrations()) == ["keepalive_mw.W009"]
+
+
+def test_an_unfamiliar_channels_is_reported(monkeypatch):
+    from channels.db import DatabaseSyncToAsync
+
+    monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", None)
+    assert ids(checks.check_integrations()) == ["keepalive_mw.W011"]
+    with override_settings(KEEPALIVE_CHANNELS=False):
+        assert checks.check_integrations() == []
+
+
+def test_task_results_on_a_manual_commit_alias_are_reported(monkeypatch):
+    from keepalive_mw.integrations import django_tasks
+
+    monkeypatch.setattr(django_tasks, "manual_commit_result_aliases", lambda: ["pg_manual"])
+    messages = checks.check_integrations()
+    assert ids(messages) == ["keepalive_mw.W012"] and "'pg_manual'" in messages[0].msg

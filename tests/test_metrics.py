@@ -44,6 +44,38 @@ def test_counters_are_exported_with_django_prometheus_style_names():
     assert after[idle] == 1
 
 
+@pytest.mark.django_db(transaction=True, databases=["default"])
+@override_settings(KEEPALIVE_PROMETHEUS=True)
+def test_connections_held_outside_units_have_their_own_state_and_age():
+    import threading
+
+    from django.db import close_old_connections, connections
+
+    close_old_connections()
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        connections["default"].ensure_connection()
+        held.set()
+        done.wait(10)
+        close_old_connections()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        metrics.sync()
+        found = samples(generate_latest(REGISTRY).decode())
+    finally:
+        done.set()
+        thread.join(10)
+    labels = (("alias", "default"), ("vendor", "postgresql"))
+    state = ("django_keepalive_connections", (("alias", "default"), ("state", "unscoped"),
+                                              ("vendor", "postgresql")))
+    assert found[state] == 1
+    assert found[("django_keepalive_connections_unscoped_age_seconds", labels)] >= 0
+
+
 @override_settings(KEEPALIVE_PROMETHEUS=True)
 def test_housekeeper_syncs_often_when_metrics_are_on():
     assert housekeeper.interval() <= metrics.SYNC_INTERVAL

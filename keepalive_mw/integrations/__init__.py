@@ -9,10 +9,6 @@ Frameworks that only call Django's ``close_old_connections()`` between units of 
 from __future__ import annotations
 
 import importlib.util
-import threading
-from typing import Any
-
-from .. import lifecycle
 
 
 def installed(module: str) -> bool:
@@ -30,27 +26,3 @@ def install() -> None:
     for integration in (celery, channels, django_tasks):
         if integration.available():
             integration.install()
-
-
-class KeyedUnits(threading.local):
-    """Units opened by a framework's start signal, found again by the key its end repeats.
-
-    Per thread: a framework sends both signals of a unit on the thread that runs it.
-    """
-
-    def __init__(self) -> None:
-        # key (a task id) -> the unit begin_unit() opened, or None when the task ran inside
-        # a request or another unit, which stays in charge.
-        self.open: dict[Any, list[Any] | None] = {}
-
-    def begin(self, key: Any) -> None:
-        self.open[key] = lifecycle.begin_unit()
-
-    def end(self, key: Any, failed: bool) -> None:
-        lifecycle.end_unit(self.open.pop(key, None), failed)
-
-    def end_all(self) -> None:
-        """End units whose end signal never came (as failures)."""
-        while self.open:
-            _, unit = self.open.popitem()
-            lifecycle.end_unit(unit, failed=True)

@@ -18,14 +18,12 @@ from typing import Any
 
 from .. import conf, lifecycle
 from ..pool import kept_of
-from . import KeyedUnits, installed
+from . import installed
 
 logger = logging.getLogger("keepalive_mw")
 
 FIXUP_MODULE = "celery.fixups.django"
 SUCCESS = "SUCCESS"  # celery.states.SUCCESS
-
-_units = KeyedUnits()
 # Receivers are connected once per process (ready() may run more than once).
 _installed = False
 
@@ -63,27 +61,33 @@ def on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None,
         return
     # A worker thread runs one task at a time: a unit still open is one whose
     # task_postrun never came. End it before the next task.
-    _units.end_all()
-    _units.begin(task_id)
+    lifecycle.units_abandoned()
+    lifecycle.unit_started(task_id)
 
 
 def on_task_postrun(sender: Any = None, task_id: Any = None, task: Any = None,
                     state: Any = None, **kwargs: Any) -> None:
-    if task_id in _units.open:
-        _units.end(task_id, failed=state != SUCCESS)
+    lifecycle.unit_finished(task_id, failed=state != SUCCESS)
 
 
 def on_worker_shutdown(**kwargs: Any) -> None:
     """A worker (prefork child, or the worker itself) exits: close what it kept."""
     if not conf.enabled(conf.CELERY):
         return
-    _units.end_all()
     lifecycle.release_thread()
     lifecycle.close_idle()
 
 
 def on_worker_init(**kwargs: Any) -> None:
+    """A worker starts (before it forks its pool): the fixup would close connections here.
+
+    Close what start-up code kept, as the fixup does for plain Django, so that a prefork
+    parent holds no session for its whole life.
+    """
     adjust_fixup()
+    if conf.enabled(conf.CELERY):
+        lifecycle.release_thread()
+        lifecycle.close_idle()
 
 
 # -- the fixup ------------------------------------------------------------------------------

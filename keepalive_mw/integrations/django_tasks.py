@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import conf
-from . import KeyedUnits, installed
+from .. import conf, lifecycle
+from . import installed
 
 SIGNAL_MODULES = ("django.tasks.signals", "django_tasks.signals")
 SUCCESSFUL = "SUCCESSFUL"  # TaskResultStatus.SUCCESSFUL, a str enum in both
-
-_units = KeyedUnits()
 
 
 def _present() -> list[str]:
@@ -43,13 +41,12 @@ def _key(task_result: Any) -> Any:
 
 def on_task_started(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None:
     if conf.enabled(conf.DJANGO_TASKS):
-        _units.begin(_key(task_result))
+        lifecycle.unit_started(_key(task_result))
 
 
 def on_task_finished(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None:
-    key = _key(task_result)
-    if key in _units.open:
-        _units.end(key, failed=getattr(task_result, "status", None) != SUCCESSFUL)
+    status = getattr(task_result, "status", None)
+    lifecycle.unit_finished(_key(task_result), failed=status != SUCCESSFUL)
 
 
 def manual_commit_result_aliases() -> list[str]:
