@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 
 from . import conf, metrics
 from .pool import CLOSE_IDLE, AliasPool, all_pools
@@ -65,7 +66,10 @@ def report_leaks(pool: AliasPool, threshold: float, now: float) -> int:
             continue  # a wrapper without a session holds a slot, not a connection
         kept.leak_reported = True
         taken_at = kept.taken_at
-        where = "".join(taken_at.format()) if taken_at is not None else "(not recorded)\n"
+        if taken_at is None:
+            where = "(not recorded)\n"
+        else:
+            where = "".join(traceback.StackSummary.from_list(taken_at).format())
         logger.warning(
             "a connection of database alias %r has been held outside any request or unit "
             "of work for %.0f s (KEEPALIVE_LEAK_THRESHOLD %g s): end its use with "

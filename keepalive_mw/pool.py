@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import traceback
 import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -75,9 +74,9 @@ class KeptConnection:
         # None while a request or unit holds it, or while it is idle. What the unscoped
         # counts and ages and the leak warning read.
         self.unscoped_since: float | None = None
-        # Where that thread took it (the stack, lines not yet read), captured only when
-        # LEAK_THRESHOLD is set: what the leak warning shows.
-        self.taken_at: traceback.StackSummary | None = None
+        # Where that thread took it ((file, line, function, None) per frame, innermost
+        # last), captured only when LEAK_THRESHOLD is set: what the leak warning shows.
+        self.taken_at: list[tuple[str, int, str, None]] | None = None
         # The leak warning was logged for this hold: once per hold, not every round.
         self.leak_reported = False
 
