@@ -14,7 +14,9 @@ after the run, new server sessions per request (pg_stat_database.sessions) and e
 statements per request (pg_stat_database xact_commit + xact_rollback, minus the view's own
 three statements per request; requests counted by the server through pg_stat_statements),
 and each variant's throughput relative to keepalive_mw. Plus an in-process microbenchmark
-of the library's own per-request cost (bench/micro.py).
+of the library's own per-request cost (bench/micro.py), and a Celery row (bench/workers.py):
+tasks/s, new sessions per task and peak sessions of a prefork worker running the same three
+queries as tasks, interleaved with the servers' cells.
 
 Output: a Markdown report on stdout, bench/results/<timestamp>.json (every figure) and
 .png (chart); a full run also refreshes bench/results/latest.json and latest.png.
@@ -39,6 +41,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.pg import VIEW_STATEMENTS  # noqa: E402 - the view's own statements per request
+from bench import workers  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results"
 REQUIRED = ("django", "psycopg", "psycopg_pool", "gunicorn", "uvicorn")
@@ -131,25 +134,29 @@ class Bench:
         return self.args.variants
 
     def env(self, variant: str, port: int) -> dict:
+        return self.example_env(_db(variant), f"kamw-bench-{variant}", VARIANTS[variant][1], port)
+
+    def example_env(self, db: str, appname: str, overrides: dict, port: int) -> dict:
+        """The example project's environment for database ``db`` of the cluster, through
+        ``port`` (the cluster's or a PgBouncer's)."""
         from bench import pg
         from tests.integration.servers import example_env
 
-        overrides = dict(VARIANTS[variant][1])
-        overrides.update(
-            EXAMPLE_DB_NAME=_db(variant), EXAMPLE_DB_HOST="127.0.0.1", EXAMPLE_DB_PORT=port,
-            EXAMPLE_DB_USER=pg.ROLE, EXAMPLE_DB_PASSWORD=self.cluster.password,
-            EXAMPLE_APPNAME=f"kamw-bench-{variant}",
-        )
-        return example_env("postgresql", **overrides)
+        return example_env("postgresql", **{
+            **overrides, "EXAMPLE_DB_NAME": db, "EXAMPLE_DB_HOST": "127.0.0.1",
+            "EXAMPLE_DB_PORT": port, "EXAMPLE_DB_USER": pg.ROLE,
+            "EXAMPLE_DB_PASSWORD": self.cluster.password, "EXAMPLE_APPNAME": appname})
 
     def _prepare(self, variant: str):
+        self.prepare_database(_db(variant), self.env(variant, self.cluster.port))
+
+    def prepare_database(self, db: str, env: dict):
+        """Create and migrate ``db``, seed it, and record its settled counters."""
         from bench import pg
         from tests.integration.servers import manage
 
-        db = _db(variant)
         self.cluster.create_database(db)
-        env = self.env(variant, self.cluster.port)
-        env["EXAMPLE_VARIANT"] = "default"  # migrate with plain Django whatever the variant
+        env = dict(env, EXAMPLE_VARIANT="default")  # migrate with plain Django whatever the variant
         manage(env, "migrate", "--verbosity", "0")
         with self.cluster.connect(db) as conn:
             conn.execute("INSERT INTO shop_row (label, created) "
@@ -443,6 +450,8 @@ def markdown(data: dict) -> str:
         lines.append(f"**{len(data['failures'])} cell run(s) failed** (see the JSON file): " + "; ".join(
             f"{f['server']}/{f['variant']} round {f['round']}: {f['error'][:120]}" for f in data["failures"]))
     lines.append("")
+    if data.get("celery"):
+        lines += workers.markdown(data["celery"])
     if data.get("micro"):
         lines += ["### Library cost (in process)", "", _micro_markdown(data["micro"]), ""]
     lines += ["### Targets (reported, not asserted)", ""]
@@ -474,7 +483,15 @@ def chart(data: dict, path: Path) -> bool:
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     colors = {"default": "#9e9e9e", "conn_max_age": "#64b5f6", "conn_max_age_checks": "#1565c0",
               "pool": "#ffb74d", "pgbouncer": "#8d6e63", "keepalive": "#2e7d32"}
-    fig, axes = plt.subplots(2, 1, figsize=(12, 9), sharex=True)
+    celery_rows = (data.get("celery") or {}).get("summary")
+    if celery_rows:
+        fig = plt.figure(figsize=(12, 12.5))
+        grid = fig.add_gridspec(3, 2, height_ratios=(1, 1, 0.75))
+        axes = [fig.add_subplot(grid[0, :])]
+        axes.append(fig.add_subplot(grid[1, :], sharex=axes[0]))
+        workers.draw(fig.add_subplot(grid[2, 0]), fig.add_subplot(grid[2, 1]), celery_rows)
+    else:
+        fig, axes = plt.subplots(2, 1, figsize=(12, 9), sharex=True)
     width = 0.84 / len(variants)
     top = max(r["rps"] for r in rows) or 1
     for i, variant in enumerate(variants):
@@ -513,14 +530,15 @@ def chart(data: dict, path: Path) -> bool:
     axes[1].set_xticks(range(len(servers)))
     axes[1].set_xticklabels(labels)
     handles, names = axes[0].get_legend_handles_labels()
+    top = 0.94 if celery_rows else 0.915  # below the title and the legend
     fig.legend(handles, names, loc="upper center", ncol=3, fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, 0.955))
+               bbox_to_anchor=(0.5, top + 0.04))
     m = data["machine"]
     pg_version = (m.get("postgresql") or "?").split()[0]
     fig.suptitle(f"keepalive_mw benchmark: {m['cores']} cores ({m['cpu']}), PostgreSQL {pg_version} "
                  f"with {m['auth'].split()[0]} auth, Python {m['python']}, Django {m['django']}",
                  fontsize=10.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.915))
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -545,6 +563,9 @@ def parse_args(argv=None):
     p.add_argument("--micro-iterations", type=int, help="microbenchmark iterations per case")
     p.add_argument("--after-delay", type=float, default=1.0,
                    help="seconds after the load before counting remaining connections")
+    p.add_argument("--celery-tasks", type=int,
+                   help="tasks per Celery cell (full: 1000, quick: 300; 0: no Celery row)")
+    p.add_argument("--celery-variants", help="comma-separated subset of " + ",".join(workers.CELERY_VARIANTS))
     p.add_argument("--output", type=Path, default=RESULTS, help="results directory")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -558,7 +579,14 @@ def parse_args(argv=None):
     else:
         args.variants = (["default", "conn_max_age", "pool", "pgbouncer", "keepalive"]
                          if args.quick else list(VARIANTS))
-    for name, known in (("server", SERVERS), ("variant", VARIANTS)):
+    if args.celery_tasks is None:
+        args.celery_tasks = 300 if args.quick else 1000
+    if args.celery_variants:
+        args.celery_variants = [v.strip() for v in args.celery_variants.split(",")]
+    else:
+        args.celery_variants = ([v for v in workers.CELERY_VARIANTS if v != "conn_max_age_reuse"]
+                                if args.quick else list(workers.CELERY_VARIANTS))
+    for name, known in (("server", SERVERS), ("variant", VARIANTS), ("celery_variant", workers.CELERY_VARIANTS)):
         for item in getattr(args, name + "s"):
             if item not in known:
                 p.error(f"unknown {name} {item!r}; choose from {', '.join(known)}")
@@ -600,11 +628,21 @@ def main(argv=None) -> int:
     log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     bench = Bench(args)
+    celery = None
+    if args.celery_tasks:
+        reason = workers.missing()
+        if reason:
+            print(f"bench: no Celery row: {reason}", file=sys.stderr)
+        else:
+            celery = workers.CeleryBench(bench, args.celery_variants, args.celery_tasks)
     micro = None
     try:
         log(f"starting a throwaway PostgreSQL cluster ({pg.AUTH_METHOD}) and "
             f"{len(args.variants)} databases")
         bench.start()
+        if celery is not None:
+            log(f"starting Redis and {len(celery.variants)} databases for the Celery cells")
+            celery.start()
         machine = machine_info(bench.cluster)
         machine["loadavg_before"] = round(loadavg_before, 2)
         n = 0
@@ -628,6 +666,8 @@ def main(argv=None) -> int:
                     f"conns {run['conns_peak']:3}/{run['conns_after']:3}  "
                     f"sess/req {_fmt(run['sessions_per_request'], '.3f')}  "
                     f"extra/req {_fmt(run['extra_statements_per_request'], '+.3f')}  ({run['wall_s']} s)")
+            if celery is not None:
+                workers.run_round(celery, round_no, log)
         if not args.no_micro:
             from bench.micro import run_micro
 
@@ -639,6 +679,8 @@ def main(argv=None) -> int:
                                "password": bench.cluster.password},
                               iterations=args.micro_iterations, repeats=3 if args.quick else 5)
     finally:
+        if celery is not None:
+            celery.stop()
         bench.stop()
 
     summary = aggregate(bench.runs)
@@ -662,8 +704,10 @@ def main(argv=None) -> int:
         "runs": bench.runs,
         "failures": bench.failures,
         "micro": micro,
+        "celery": workers.results(celery, args.rounds) if celery is not None else None,
     }
-    data["targets"] = [{"target": t, "value": v, "met": m} for t, v, m in targets(summary, micro)]
+    found = targets(summary, micro) + (workers.targets(data["celery"]["summary"]) if celery else [])
+    data["targets"] = [{"target": t, "value": v, "met": m} for t, v, m in found]
     args.output.mkdir(parents=True, exist_ok=True)
     json_path = args.output / f"{stamp}.json"
     png_path = args.output / f"{stamp}.png"
