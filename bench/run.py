@@ -530,9 +530,9 @@ def chart(data: dict, path: Path) -> bool:
     axes[1].set_xticks(range(len(servers)))
     axes[1].set_xticklabels(labels)
     handles, names = axes[0].get_legend_handles_labels()
-    top = 0.94 if celery_rows else 0.915  # below the title and the legend
+    top = 0.935 if celery_rows else 0.915  # below the title and the legend
     fig.legend(handles, names, loc="upper center", ncol=3, fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, top + 0.04))
+               bbox_to_anchor=(0.5, 0.955))
     m = data["machine"]
     pg_version = (m.get("postgresql") or "?").split()[0]
     fig.suptitle(f"keepalive_mw benchmark: {m['cores']} cores ({m['cpu']}), PostgreSQL {pg_version} "

@@ -184,6 +184,8 @@ def markdown(celery: dict) -> list:
     return lines + [""]
 
 
+SHORT_LABELS = {"default": "Django default", "conn_max_age": "CONN_MAX_AGE=600",
+                "conn_max_age_reuse": "CONN_MAX_AGE=600\n+ CELERY_DB_REUSE_MAX", "keepalive": "keepalive_mw"}
 COLORS = {"default": "#9e9e9e", "conn_max_age": "#64b5f6", "conn_max_age_reuse": "#1565c0",
           "keepalive": "#2e7d32"}
 
@@ -200,7 +202,7 @@ def draw(ax_rate, ax_sessions, rows: list) -> None:
     for x, rate, sessions in zip(xs, rates, per_task):
         ax_rate.text(x, rate, f"{rate:.0f}", ha="center", va="bottom", fontsize=7)
         ax_sessions.text(x, sessions, f"{sessions:.3f}", ha="center", va="bottom", fontsize=7)
-    labels = [CELERY_VARIANTS[name][0].replace(" (", "\n(").replace(" + ", "\n+ ") for name in names]
+    labels = [SHORT_LABELS.get(name, name) for name in names]
     for ax in (ax_rate, ax_sessions):
         ax.set_xticks(list(xs))
         ax.set_xticklabels(labels, fontsize=6.5)
