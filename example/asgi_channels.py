@@ -14,10 +14,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
 
 django_application = get_asgi_application()  # sets Django up before the consumers import models
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import re_path  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.urls import re_path
 
-from example.shop import consumers  # noqa: E402
+from example.shop import consumers
 
 application = ProtocolTypeRouter({
     "http": URLRouter(consumers.urlpatterns() + [re_path(r"", django_application)]),

@@ -52,11 +52,11 @@ def test_tasks_reuse_connections(pg_database, redis_server, variant, unique_name
             results = worker.run("queries", REUSE_TASKS, timeout=300)
         stderr = worker.stderr()
     per_task = count.settle()
-    evidence = (f"{count}: states {dict(workers.states(results))}, "
-                f"{len(_sessions_used(results))} sessions used\n"
+    states = workers.states(results)
+    evidence = (f"{count}: states {dict(states)}, {len(_sessions_used(results))} sessions used\n"
                 f"worker stderr (tail):\n{stderr[-3000:]}")
     print(evidence)
-    assert workers.states(results) == {"SUCCESS": REUSE_TASKS}, evidence
+    assert states == {"SUCCESS": REUSE_TASKS}, evidence
     assert per_task <= MAX_NEW_SESSIONS_PER_TASK, evidence
 
 

@@ -36,10 +36,10 @@ def test_tasks_reuse_connections(pg_tasks_database, queue, variant, unique_name)
     database = pg_tasks_database
     env = database.env(variant, unique_name)
     workers.enqueue(env, "queries", count=REUSE_TASKS)
-    with workers.SessionCount(database, unique_name, REUSE_TASKS, wait_before=True) as count:
-        with workers.DbWorker(env) as worker:
-            statuses = queue.wait_done(REUSE_TASKS, worker)
-            stderr = worker.stderr()
+    with (workers.SessionCount(database, unique_name, REUSE_TASKS, wait_before=True) as count,
+          workers.DbWorker(env) as worker):
+        statuses = queue.wait_done(REUSE_TASKS, worker)
+        stderr = worker.stderr()
     per_task = count.settle()
     evidence = f"{count}: statuses {dict(statuses)}\ndb_worker stderr (tail):\n{stderr[-3000:]}"
     print(evidence)

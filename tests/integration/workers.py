@@ -26,7 +26,8 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import servers
 from .servers import HarnessError
@@ -271,7 +272,7 @@ class TaskQueue:
     def __enter__(self) -> TaskQueue:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -354,7 +355,7 @@ class SessionCount:
         self._started = time.monotonic()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.elapsed = time.monotonic() - self._started
         self.sampler.__exit__(*exc)
 
@@ -381,11 +382,19 @@ def open_transactions(database, application_name: str) -> dict:
 
 
 def settled_open_transactions(database, application_name: str, timeout: float = 5.0) -> dict:
-    """:func:`open_transactions` once they are gone, or as they are after ``timeout``
-    seconds (end-of-unit handling may run just after a task's result is stored)."""
+    """:func:`open_transactions` once no session is active nor in a transaction, or as they
+    are after ``timeout`` seconds: the end of a unit of work may come just after its result
+    is visible (Celery stores it before task_postrun)."""
+
+    def settled():
+        if database.db == "postgresql":
+            states_ = servers.pg_session_states(database.name, application_name,
+                                                port=database.port)
+            return "active" not in states_ and not open_transactions(database, application_name)
+        return not open_transactions(database, application_name)
+
     with contextlib.suppress(HarnessError):
-        servers.wait_for(lambda: not open_transactions(database, application_name), timeout,
-                         0.1, "no open transactions")
+        servers.wait_for(settled, timeout, 0.1, "no session active or in a transaction")
     return open_transactions(database, application_name)
 
 
