@@ -21,9 +21,29 @@ EXAMPLE_COUNT_CONNECTIONS
                       a file: every new database connection appends a line to it
                       (pid and alias), see example/shop/apps.py; used by the demo
 EXAMPLE_QUERY_AT_IMPORT
-                      "1": example/wsgi.py runs one query at import (see there)
+                      "1": example/wsgi.py (and example/celery_app.py) run one query at
+                      import (see there)
+EXAMPLE_QUERY_AT_WORKER_INIT
+                      "1": example/celery_app.py runs one query at Celery's worker_init
 EXAMPLE_IMPORT_PID_FILE
-                      where example/wsgi.py writes the backend pid of that query
+                      where that query's backend pid is written
+
+Workers (the variants apply to them too):
+EXAMPLE_BROKER_URL    Celery broker (default redis://127.0.0.1:6379/0), see
+                      example/celery_app.py and example/shop/tasks.py
+EXAMPLE_RESULT_BACKEND
+                      Celery result backend, e.g. a redis:// URL (default: none)
+EXAMPLE_CELERY_DB_REUSE_MAX
+                      CELERY_DB_REUSE_MAX: Celery's Django fixup closes connections only
+                      every N tasks
+EXAMPLE_TASKS         "1": Django's tasks framework with django_tasks_db's database backend
+                      (plus the django_tasks backport before Django 6), so that
+                      ``python -m django db_worker`` runs example/shop/jobs.py's tasks
+EXAMPLE_TASKS_DB_ALIAS
+                      "1" (with EXAMPLE_TASKS): the task queue's tables go through a
+                      second alias "tasks", the same database with autocommit on (see
+                      example/routers.py)
+Channels: ``daphne example.asgi_channels:application`` (example/shop/consumers.py).
 KEEPALIVE_*           any such variable holds a JSON value passed into settings,
                       e.g. KEEPALIVE_MAX_AGE=30, KEEPALIVE_END_OF_REQUEST='"rollback"'
 """
@@ -112,6 +132,24 @@ if _env("EXAMPLE_DISABLE_SERVER_SIDE_CURSORS") == "1":
     _db["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 DATABASES = {"default": _db}
+
+CELERY_BROKER_URL = _env("EXAMPLE_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = _env("EXAMPLE_RESULT_BACKEND") or None
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if _env("EXAMPLE_CELERY_DB_REUSE_MAX"):
+    CELERY_DB_REUSE_MAX = int(_env("EXAMPLE_CELERY_DB_REUSE_MAX"))
+
+if _env("EXAMPLE_TASKS") == "1":
+    import importlib.util
+
+    if importlib.util.find_spec("django.tasks") is None:  # Django < 6: the backport
+        INSTALLED_APPS.append("django_tasks")
+    INSTALLED_APPS.append("django_tasks_db")
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    if _env("EXAMPLE_TASKS_DB_ALIAS") == "1":
+        DATABASES["tasks"] = {**_db, "AUTOCOMMIT": True, "OPTIONS": dict(_db["OPTIONS"])}
+        DATABASE_ROUTERS = ["example.routers.TasksRouter"]
 
 # Every KEEPALIVE_* environment variable holds a JSON value.
 for _name, _value in os.environ.items():

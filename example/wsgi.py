@@ -15,11 +15,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
 application = get_wsgi_application()
 
 if os.environ.get("EXAMPLE_QUERY_AT_IMPORT") == "1":
-    from example.views import backend_pid
+    from example.startup_query import run_startup_query
 
-    _import_pid = backend_pid()
-    _pid_file = os.environ.get("EXAMPLE_IMPORT_PID_FILE")
-    if _pid_file:
-        with open(_pid_file + ".tmp", "w") as fh:
-            fh.write(f"{_import_pid}\n")
-        os.replace(_pid_file + ".tmp", _pid_file)
+    run_startup_query()

@@ -133,3 +133,53 @@ def test_demo_reads_database_url(monkeypatch, tmp_path):
     monkeypatch.delenv("DATABASE_URL")
     env, _text = demo.database_env(tmp_path)
     assert env == {"EXAMPLE_DB": "sqlite", "EXAMPLE_SQLITE_PATH": str(tmp_path / "demo.sqlite3")}
+
+
+def _celery_run(variant, rnd, rate, sessions):
+    return {"variant": variant, "round": rnd, "tasks": 1000, "concurrency": 2,
+            "duration_s": 1000 / rate, "tasks_per_s": rate, "failed": 0, "sessions": sessions,
+            "sessions_per_task": sessions / 1000, "served": 1000, "conns_peak": 2,
+            "worker_tracebacks": 0, "wall_s": 10.0}
+
+
+def test_celery_report_aggregates_rounds_and_reports_targets():
+    from bench import workers
+
+    runs = []
+    for rnd, factor in ((1, 1.0), (2, 1.2), (3, 0.8)):
+        runs += [_celery_run("default", rnd, 130 * factor, 1000),
+                 _celery_run("conn_max_age", rnd, 135 * factor, 1000),
+                 _celery_run("keepalive", rnd, 500 * factor, 2)]
+    rows = workers.aggregate(runs)
+    keepalive = next(r for r in rows if r["variant"] == "keepalive")
+    assert keepalive["rounds"] == 3 and keepalive["tasks"] == 3000
+    assert keepalive["tasks_per_s"] == 500 and keepalive["tasks_per_s_max"] == 600
+    assert abs(keepalive["sessions_per_task"] - 0.002) < 1e-9
+    default = next(r for r in rows if r["variant"] == "default")
+    assert default["sessions_per_task"] == 1.0
+    assert abs(default["vs_keepalive"] - 130 / 500) < 1e-9
+
+    verdicts = {text: met for text, _value, met in workers.targets(rows)}
+    assert verdicts == {"Celery: keepalive_mw ≥ 2.5× Django default's tasks/s": True,
+                        "Celery: keepalive_mw ≤ 0.01 new sessions per task": True,
+                        "Celery: keepalive_mw 0 failed tasks": True}
+    runs[2]["sessions"] = 1000  # one round without reuse
+    verdicts = {text: met for text, _value, met in workers.targets(workers.aggregate(runs))}
+    assert verdicts["Celery: keepalive_mw ≤ 0.01 new sessions per task"] is False
+
+    text = "\n".join(workers.markdown({"config": {"tasks": 1000, "rounds": 3}, "summary": rows,
+                                       "failures": [{"variant": "keepalive", "round": 2,
+                                                     "error": "HarnessError: boom"}]}))
+    assert "| variant | tasks/s | vs keepalive_mw | new sessions/task |" in text
+    assert "| **keepalive_mw (defaults, health checks on)** | 500 | 1.00× | 0.002 | 2 | 0 |" in text
+    assert "| Django default (CONN_MAX_AGE=0) | 130 | 0.26× | 1.000 |" in text
+    assert "keepalive round 2: HarnessError: boom" in text
+
+
+def test_bench_arguments_choose_celery_cells():
+    quick = bench_run.parse_args(["--quick"])
+    assert quick.celery_tasks == 300 and "conn_max_age_reuse" not in quick.celery_variants
+    full = bench_run.parse_args([])
+    assert full.celery_tasks == 1000
+    assert full.celery_variants == ["default", "conn_max_age", "conn_max_age_reuse", "keepalive"]
+    assert bench_run.parse_args(["--celery-tasks", "0"]).celery_tasks == 0

@@ -37,13 +37,15 @@ def unique_name(request):
 class ExampleDatabase:
     """A freshly created and migrated example database on PostgreSQL or MariaDB."""
 
-    def __init__(self, db, name, port=None):
+    def __init__(self, db, name, port=None, migrate_env=None):
         self.db = db
         self.name = name
         self.port = port
+        self.migrate_env = migrate_env or {}  # e.g. EXAMPLE_TASKS=1: its apps' tables too
 
     def create(self):
-        servers.prepare_database(self.db, self.name, port=self.port)
+        env = servers.example_env(self.db, **self.migrate_env) if self.migrate_env else None
+        servers.prepare_database(self.db, self.name, port=self.port, env=env)
         return self
 
     def drop(self):
@@ -63,9 +65,10 @@ class ExampleDatabase:
         return servers.example_env(self.db, **values)
 
 
-def _example_db(request, db):
+def _example_db(request, db, **migrate_env):
     suffix = _short(request.module.__name__.rsplit(".", 1)[-1].replace("test_", ""), 12)
-    database = ExampleDatabase(db, f"kamw_{suffix}_{db[:2]}_{uuid.uuid4().hex[:6]}").create()
+    database = ExampleDatabase(db, f"kamw_{suffix}_{db[:2]}_{uuid.uuid4().hex[:6]}",
+                               migrate_env=migrate_env).create()
     request.addfinalizer(database.drop)
     return database
 
@@ -80,3 +83,10 @@ def pg_database(request):
 def mysql_database(request):
     """A module-wide MariaDB example database."""
     return _example_db(request, "mysql")
+
+
+@pytest.fixture(scope="module")
+def pg_tasks_database(request):
+    """A module-wide PostgreSQL example database with the task queue's tables
+    (EXAMPLE_TASKS=1: Django's tasks framework and django_tasks_db)."""
+    return _example_db(request, "postgresql", EXAMPLE_TASKS="1")
