@@ -10,9 +10,10 @@ For fork-safety checks, one query outside any task, its connection left open
 (EXAMPLE_IMPORT_PID_FILE receives its session id):
 
 EXAMPLE_QUERY_AT_IMPORT=1       at import of this module, in the worker's main process
-                                (the fixup closes it at worker_init, before the pool forks)
-EXAMPLE_QUERY_AT_WORKER_INIT=1  at worker_init, after the fixup's receiver: the connection
-                                is open when the prefork pool forks its children
+                                (closed at worker_init, before the pool forks: by the fixup
+                                in plain Django, by keepalive_mw when installed)
+EXAMPLE_QUERY_BEFORE_FORK=1     at celeryd_after_setup, after worker_init: the connection is
+                                open when the prefork pool forks its children
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ if os.environ.get("EXAMPLE_QUERY_AT_IMPORT") == "1":
     run_startup_query()
 
 
-@signals.worker_init.connect
-def _query_at_worker_init(**kwargs: Any) -> None:
-    # Connected after the fixup's own worker_init receiver (Celery() connected it), so it
-    # runs after the fixup closed the connections.
-    if os.environ.get("EXAMPLE_QUERY_AT_WORKER_INIT") == "1":
+@signals.celeryd_after_setup.connect
+def _query_before_fork(**kwargs: Any) -> None:
+    # Sent in the main process after worker_init and before the pool starts.
+    if os.environ.get("EXAMPLE_QUERY_BEFORE_FORK") == "1":
         from example.startup_query import run_startup_query
 
         run_startup_query()

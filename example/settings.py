@@ -23,8 +23,9 @@ EXAMPLE_COUNT_CONNECTIONS
 EXAMPLE_QUERY_AT_IMPORT
                       "1": example/wsgi.py (and example/celery_app.py) run one query at
                       import (see there)
-EXAMPLE_QUERY_AT_WORKER_INIT
-                      "1": example/celery_app.py runs one query at Celery's worker_init
+EXAMPLE_QUERY_BEFORE_FORK
+                      "1": example/celery_app.py runs one query in the worker's main
+                      process after worker_init, before its pool forks
 EXAMPLE_IMPORT_PID_FILE
                       where that query's backend pid is written
 

@@ -107,13 +107,14 @@ def test_autocommit_off_commits_succeeded_rolls_back_failed(request, db, redis_s
     assert not open_trx, evidence
 
 
-@pytest.mark.parametrize("moment", ["worker_init", "import"])
+@pytest.mark.parametrize("moment", ["before_fork", "import"])
 def test_prefork_children_never_use_the_parents_session(pg_database, redis_server, variant,
                                                         unique_name, moment, tmp_path):
-    """The main process queries before the pool forks (at worker_init: its connection is
-    open at fork; at import: Celery's fixup closes it at worker_init in plain Django)."""
+    """The main process queries before the pool forks (before_fork: after worker_init, its
+    connection open at fork; import: closed at worker_init, by Celery's fixup in plain
+    Django, by keepalive_mw when it is installed)."""
     pid_file = tmp_path / "parent_session"
-    flag = "EXAMPLE_QUERY_AT_WORKER_INIT" if moment == "worker_init" else "EXAMPLE_QUERY_AT_IMPORT"
+    flag = "EXAMPLE_QUERY_BEFORE_FORK" if moment == "before_fork" else "EXAMPLE_QUERY_AT_IMPORT"
     env = pg_database.env(variant, unique_name, EXAMPLE_IMPORT_PID_FILE=pid_file, **{flag: "1"})
     with _worker(redis_server, env) as worker:
         parent = int(pid_file.read_text())
@@ -129,5 +130,7 @@ def test_prefork_children_never_use_the_parents_session(pg_database, redis_serve
     print(evidence)
     assert workers.states(results) == {"SUCCESS": 40}, evidence
     assert parent not in used, f"a child used the parent's session: {evidence}"
-    if moment == "worker_init":
+    if moment == "before_fork":
         assert sessions.get(parent) == "idle", f"the parent's session did not survive: {evidence}"
+    else:
+        assert parent not in sessions, f"start-up's session outlived worker_init: {evidence}"
