@@ -392,18 +392,24 @@ def _close_if_unusable_or_obsolete(wrapper: BaseDatabaseWrapper) -> None:
     nothing happens: the unit's end decides. A wrapper the surrounding code owns (inside
     an atomic block, or with methods patched on the instance) gets Django's own rules.
     """
-    unscoped = _record.unscoped
-    for index, held in enumerate(unscoped):
-        if held is wrapper:
-            break
-    else:
+    index = _unscoped_index(wrapper)
+    if index is None:
         return
     if not _adoptable(wrapper):
         type(wrapper).close_if_unusable_or_obsolete(wrapper)
         return
-    del unscoped[index]
+    del _record.unscoped[index]
     pool_for(wrapper.alias).held_in_unit(wrapper._keepalive)
+    # No local refers to the thread's unscoped list here: a logged error's traceback keeps
+    # this frame, and must not keep what the thread takes later alive after it dies.
     release([wrapper], failed=True)
+
+
+def _unscoped_index(wrapper: BaseDatabaseWrapper) -> int | None:
+    for index, held in enumerate(_record.unscoped):
+        if held is wrapper:
+            return index
+    return None
 
 
 def release_thread() -> None:
