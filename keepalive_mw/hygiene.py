@@ -58,6 +58,9 @@ def end_of_use(
         return CLOSE_BROKEN
     kept.suspect = wrapper.errors_occurred
     expected = wrapper.settings_dict["AUTOCOMMIT"]
+    # A commit is under way: if it fails, work the unit did is lost (worth a traceback);
+    # a failed rollback or clean-up loses nothing that was meant to last.
+    committing = False
     try:
         if state == health.IN_TRANSACTION:
             if failed or config.end_of_request == conf.ROLLBACK:
@@ -65,7 +68,9 @@ def end_of_use(
                 stats["transactions_rolled_back"] += 1
                 action = "rolled back"
             else:
+                committing = True
                 wrapper.commit()
+                committing = False
                 stats["transactions_committed"] += 1
                 action = "committed"
             log = logger.debug if not expected else logger.warning
@@ -75,12 +80,19 @@ def end_of_use(
             wrapper.set_autocommit(expected)
         if config.reset_session:
             health.reset_session(wrapper)
-    except Exception:
-        logger.exception(
-            "could not end the transaction on database alias %r at the end of its unit of "
-            "work: connection closed, the transaction is lost",
-            alias,
-        )
+    except Exception as exc:
+        if committing:
+            logger.exception(
+                "could not commit the transaction on database alias %r at the end of its "
+                "unit of work: connection closed, the transaction is lost",
+                alias,
+            )
+        else:
+            logger.warning(
+                "could not clean up a connection of database alias %r at the end of its "
+                "unit of work (%s: %s): connection closed",
+                alias, type(exc).__name__, str(exc).strip(),
+            )
         return CLOSE_ERRORS
     wrapper.run_on_commit = []
     wrapper.queries_log.clear()

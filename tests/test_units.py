@@ -186,3 +186,50 @@ def test_a_unit_adopting_a_connection_ends_its_unscoped_hold():
 
     assert in_thread(worker) == (1, 0)
     assert get_stats()["default"]["connections_unscoped"] == 0
+
+
+# -- when the end of a unit fails ----------------------------------------------------------------
+
+
+def test_a_commit_that_fails_at_the_end_of_a_unit_is_logged_with_its_error(caplog):
+    with connections["default"].cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS kamw_deferred (id int, CONSTRAINT "
+                       "kamw_deferred_unique UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
+
+    def worker():
+        with keepalive_mw.scope():
+            with connections["pg_manual"].cursor() as cursor:
+                cursor.execute("INSERT INTO kamw_deferred VALUES (1), (1)")  # checked at commit
+
+    with caplog.at_level(logging.ERROR, logger="keepalive_mw"):
+        in_thread(worker)
+    (record,) = [r for r in caplog.records if "could not commit" in r.getMessage()]
+    assert record.exc_info and "kamw_deferred_unique" in str(record.exc_info[1])
+    assert get_stats()["pg_manual"]["connections_closed_errors"] == 1
+    assert open_transactions("pg_manual") == 0
+
+
+def test_a_rollback_on_a_session_the_server_ended_is_a_warning_without_traceback(caplog):
+    admin = pg_admin()
+    started, terminated = threading.Event(), threading.Event()
+
+    def worker():
+        with pytest.raises(RuntimeError), keepalive_mw.scope():
+            Item.objects.using("pg_manual").create(name="lost anyway")
+            started.set()
+            terminated.wait(10)
+            raise RuntimeError("the unit fails: its transaction is rolled back")
+
+    thread = threading.Thread(target=worker)
+    with caplog.at_level(logging.WARNING, logger="keepalive_mw"):
+        thread.start()
+        assert started.wait(10)
+        killed = {pid for pid, _ in pg_sessions(admin)}
+        pg_terminate_all(admin)
+        wait_until(lambda: not killed & {pid for pid, _ in pg_sessions(admin)})
+        terminated.set()
+        thread.join(10)
+    (record,) = [r for r in caplog.records if "could not clean up" in r.getMessage()]
+    assert record.levelno == logging.WARNING and not record.exc_info
+    assert get_stats()["pg_manual"]["connections_closed_errors"] == 1
+    assert rows_by_name("pg_manual") == {}
