@@ -91,7 +91,7 @@ WSGI_APPLICATION = "example.wsgi.application"
 INSTALLED_APPS = ["example.shop"]
 MIDDLEWARE = []
 if EXAMPLE_VARIANT == "keepalive":
-    INSTALLED_APPS = ["keepalive_mw"] + INSTALLED_APPS
+    INSTALLED_APPS = INSTALLED_APPS + ["keepalive_mw"]  # last: README, Setup
     MIDDLEWARE = ["keepalive_mw.middleware.KeepAliveMiddleware"] + MIDDLEWARE
 
 _db = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.core import signals
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 from django.db.backends.signals import connection_created
 
@@ -41,5 +42,10 @@ def install(lifecycle) -> None:  # type: ignore[no-untyped-def]
     connection_created.connect(lifecycle.on_connection_created, dispatch_uid="keepalive_mw")
     lifecycle._django_create_connection = connections.create_connection
     connections.create_connection = lifecycle.create_connection
-    lifecycle.adopt_existing()
+    try:
+        lifecycle.adopt_existing()
+    except ImproperlyConfigured:
+        # An invalid KEEPALIVE_* setting must not stop start-up: `manage.py check` reports
+        # it (keepalive_mw.E0xx) and every request fails on it until it is fixed.
+        pass
     _installed = True

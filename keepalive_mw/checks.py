@@ -66,7 +66,7 @@ def check_databases(**kwargs: Any) -> list[checks.CheckMessage]:
                 option = conf.OPTIONS_BY_NAME.get(name)
                 if option is None:
                     errors.append(checks.Error(
-                        f"DATABASES[{alias!r}][{conf.ALIAS_KEY!r}] has an unknown key {name!r}.",
+                        f"{conf.alias_setting(alias)} has an unknown key {name!r}.",
                         hint="Keys are the setting names without KEEPALIVE_: "
                         + ", ".join(conf.OPTIONS_BY_NAME) + ".",
                         id="keepalive_mw.E011",
@@ -74,11 +74,10 @@ def check_databases(**kwargs: Any) -> list[checks.CheckMessage]:
                     continue
                 problem = option.validate(value)
                 if problem:
-                    where = f"DATABASES[{alias!r}][{conf.ALIAS_KEY!r}][{name!r}]"
-                    errors.append(_error(option, problem, where))
+                    errors.append(_error(option, problem, conf.alias_setting(alias, name)))
         elif not isinstance(overrides, bool):
             errors.append(checks.Error(
-                f"DATABASES[{alias!r}][{conf.ALIAS_KEY!r}] must be True, False or a dict.",
+                f"{conf.alias_setting(alias)} must be True, False or a dict.",
                 hint="False leaves the alias to Django; a dict overrides KEEPALIVE_* settings "
                 "for this alias, e.g. {'MAX_AGE': 60}.",
                 id="keepalive_mw.E010",

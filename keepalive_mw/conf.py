@@ -150,6 +150,15 @@ def value_for(overrides: dict[str, Any], option: Option) -> Any:
     return overrides[option.name] if option.name in overrides else global_value(option)
 
 
+def alias_setting(alias: str, name: str | None = None) -> str:
+    """How a user writes an alias's keepalive entry: ``DATABASES["default"]["KEEPALIVE"]``.
+
+    With ``name``, the override of one setting in it (``...["KEEPALIVE"]["MAX_AGE"]``).
+    """
+    where = f'DATABASES["{alias}"]["{ALIAS_KEY}"]'
+    return where if name is None else f'{where}["{name}"]'
+
+
 def alias_overrides(alias: str) -> Any:
     """Return ``DATABASES[alias]["KEEPALIVE"]``: True (default), False or a dict."""
     return settings.DATABASES.get(alias, {}).get(ALIAS_KEY, True)
@@ -167,14 +176,15 @@ def resolve(alias: str) -> AliasConfig | None:
     if overrides is True:
         overrides = {}
     if not isinstance(overrides, dict):
-        raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}][{ALIAS_KEY!r}] must be True, False or a dict."
-        )
+        raise ImproperlyConfigured(f"{alias_setting(alias)} must be True, False or a dict.")
     values = {}
     for option in OPTIONS:
         value = value_for(overrides, option)
         problem = option.validate(value)
         if problem:
+            # Name the setting as the user wrote it: the alias's override, or the global.
+            if option.name in overrides:
+                raise ImproperlyConfigured(f"{alias_setting(alias, option.name)} {problem}.")
             raise ImproperlyConfigured(f"{option.setting} {problem} (alias {alias!r}).")
         values[option.name.lower()] = value
     return AliasConfig(alias=alias, **values)

@@ -517,6 +517,19 @@ class scope(ContextDecorator):
             release(scopes.pop(), failed=exc_type is not None)
 
 
+def keep_inherited(wrapper: BaseDatabaseWrapper) -> None:
+    """In a forked child, after after_fork(): keep a wrapper the forking thread held.
+
+    Its session was the parent's and has been let go of (see forking); the object stays,
+    with whatever code stored on it, as a kept wrapper of the child's pool. Its next use
+    opens the child's own connection, and the next request on this thread adopts it.
+    """
+    pool = pool_for(wrapper.alias)
+    pool.reserve()
+    pool.track(wrapper)
+    _record.unscoped.append(wrapper)
+
+
 def after_fork() -> None:
     """In a forked child: the forking thread's record refers to the parent's connections."""
     for wrapper in _record.unscoped:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
@@ -31,6 +33,12 @@ class KeepAliveMiddleware:
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        if not apps.is_installed("keepalive_mw"):
+            # Without the app nothing is kept and no check runs: say so at start-up.
+            raise ImproperlyConfigured(
+                "KeepAliveMiddleware needs the keepalive_mw app: add \"keepalive_mw\" to "
+                "INSTALLED_APPS."
+            )
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:

@@ -119,10 +119,13 @@ def _worst(sessions: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 
 def _usage(in_use: int, app: int, limit: int, reserved: int = 0) -> dict[str, Any]:
+    """Headroom: percentages of the connections clients can open (max_connections less
+    those reserved for superusers and pg_use_reserved_connections), as named."""
     available = max(limit - reserved, 1)
     return {
         "max_connections": limit,
         "reserved_connections": reserved,
+        "available_connections": available,
         "in_use": in_use,
         "in_use_by_app": app,
         "usage_percent": round(100 * in_use / available, 1),
@@ -143,7 +146,8 @@ def _postgresql(wrapper: Any) -> dict[str, Any]:
         )
         rows = cursor.fetchall()
         cursor.execute("SELECT current_setting('max_connections')::int,"
-                       " current_setting('superuser_reserved_connections')::int")
+                       " current_setting('superuser_reserved_connections')::int"
+                       " + coalesce(current_setting('reserved_connections', true)::int, 0)")
         limit, reserved = cursor.fetchone()
     # This app's sessions carry its configured name, as keepalive_mw sends it (maybe cut).
     configured = wrapper.settings_dict.get("OPTIONS", {}).get("application_name")

@@ -51,6 +51,17 @@ def _settings(values: dict[str, Any]) -> str:
     ])
 
 
+def _headroom(room: dict[str, Any]) -> str:
+    """The percentages are of the connections named first: those clients can open."""
+    text = (f"{room['in_use']} of {room['available_connections']} connections in use "
+            f"({room['usage_percent']}%), {room['in_use_by_app']} by this app "
+            f"({room['app_usage_percent']}%)")
+    if room["reserved_connections"]:
+        text += (f"; max_connections {room['max_connections']} less "
+                 f"{room['reserved_connections']} reserved")
+    return text
+
+
 def _who(session: dict[str, Any]) -> str:
     return session["process"] or session["client"] or "?"
 
@@ -75,10 +86,7 @@ def render(reports: list[dict[str, Any]], failed: list[dict[str, Any]], style: A
             out.append(_line("", server["note"]))
             continue
         room = server["headroom"]
-        out.append(_line("server", (
-            f"{room['in_use']} of {room['max_connections']} connections in use "
-            f"({room['usage_percent']}%), {room['in_use_by_app']} by this app "
-            f"({room['app_usage_percent']}%)")))
+        out.append(_line("server", _headroom(room)))
         sessions = server["sessions"]
         states = " · ".join(f"{state} {n}" for state, n in sessions["by_state"].items() if n)
         out.append(_line("sessions", f"{sessions['count']}" + (f": {states}" if states else "")))

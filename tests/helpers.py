@@ -130,3 +130,18 @@ def my_sessions(admin: MySQLdb.Connection) -> list[tuple[int, int]]:
             " LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID"
             " WHERE p.DB = %s AND p.ID <> CONNECTION_ID() ORDER BY p.ID", [name])
         return [(int(i), int(t)) for i, t in cursor.fetchall()]
+
+
+def pg_sessions_gone(admin: psycopg.Connection, pids: set[int], attempts: int = 250) -> bool:
+    """Whether the sessions ``pids`` have left pg_stat_activity, polling up to ~5 s.
+
+    A backend leaves a moment after its client closed the connection. Counts attempts,
+    not seconds: it works under freezegun's frozen clock.
+    """
+    import time
+
+    for _ in range(attempts):
+        if not pids & {pid for pid, _ in pg_sessions(admin)}:
+            return True
+        time.sleep(0.02)
+    return False

@@ -1,7 +1,8 @@
 """The benchmark's report code, its microbenchmark and the demo: fast, no database fixtures.
 
-The microbenchmark and the demo run in child processes on SQLite files in temp dirs, so these
-tests neither touch the test databases nor depend on pytest-django (``-p no:django`` works).
+The microbenchmark and the demo run in child processes on SQLite files or a throwaway
+embedded PostgreSQL server in temp dirs, so these tests neither touch the test databases nor
+depend on pytest-django (``-p no:django`` works).
 """
 
 import math
@@ -103,10 +104,11 @@ def test_report_aggregates_rounds_and_reports_targets():
     assert "MISSED" in text and "met" in text
 
 
-def test_demo_runs_on_sqlite():
+def _demo(*args):
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "example" / "demo.py"), "--requests", "20", "--clients", "2"],
-        cwd=REPO_ROOT, env=_child_env(), capture_output=True, text=True, timeout=120,
+        [sys.executable, str(REPO_ROOT / "example" / "demo.py"), "--requests", "20",
+         "--clients", "2", *args],
+        cwd=REPO_ROOT, env=_child_env(), capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -119,6 +121,55 @@ def test_demo_runs_on_sqlite():
     assert served[-2:] == ["20", "20"], out
     assert int(opened[-2]) == 20, out  # plain Django: one connection per request
     assert 1 <= int(opened[-1]) <= 4, out  # keepalive_mw: one per worker (or thread) at most
+    return out
+
+
+def test_demo_runs_on_sqlite():
+    out = _demo("--sqlite")
+    assert "Database: SQLite file" in out, out
+
+
+def test_demo_runs_on_an_embedded_postgresql_with_password_authentication():
+    out = _demo()
+    assert "Using SQLite" not in out, out
+    assert "Database: PostgreSQL 18" in out and "scram-sha-256" in out, out
+    assert "(postgresql, kept by keepalive_mw)" in out, out  # keepalive_status saw the server
+
+
+def test_demo_says_in_one_line_why_it_falls_back_to_sqlite(monkeypatch, tmp_path, capsys):
+    from example import demo
+
+    def unavailable(tmpdir):
+        raise demo.Unavailable("the embedded PostgreSQL server did not start: no shared memory")
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(demo, "start_embedded_postgresql", unavailable)
+    env, text, _stop = demo.choose_database(tmp_path, sqlite=False)
+    assert env["EXAMPLE_DB"] == "sqlite" and text.startswith("SQLite file")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line == ("Using SQLite instead of PostgreSQL: the embedded PostgreSQL server did not "
+                    "start: no shared memory.")
+
+
+def test_embedded_postgresql_refuses_logins_without_the_password(tmp_path):
+    import psycopg
+    import pytest
+
+    from example import demo
+
+    env, _text, stop = demo.start_embedded_postgresql(tmp_path)
+    try:
+        coordinates = dict(host=env["EXAMPLE_DB_HOST"], port=env["EXAMPLE_DB_PORT"],
+                           user=env["EXAMPLE_DB_USER"], dbname=env["EXAMPLE_DB_NAME"])
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(**coordinates, password="wrong").close()
+        with psycopg.connect(**coordinates, password=env["EXAMPLE_DB_PASSWORD"]) as conn:
+            method = conn.execute("SELECT auth_method FROM pg_hba_file_rules"
+                                  " WHERE type = 'local'").fetchone()[0]
+        assert method == "scram-sha-256"
+    finally:
+        stop()
+    assert not (tmp_path / "pgdata").exists()
 
 
 def test_demo_reads_database_url(monkeypatch, tmp_path):

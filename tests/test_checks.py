@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 from django.conf import settings
@@ -93,7 +94,14 @@ def test_database_entries_are_checked(entries, check_id):
     with with_database("default", **entries):
         messages = checks.check_databases()
     assert ids(messages) == [check_id]
-    assert "'default'" in messages[0].msg
+    assert re.search(r"""["']default["']""", messages[0].msg)
+
+
+def test_per_alias_error_names_the_setting_as_written():
+    with with_database("default", KEEPALIVE={"MAX_AGE": "600"}):
+        (message,) = checks.check_databases()
+    assert message.id == "keepalive_mw.E001"
+    assert message.msg.startswith('DATABASES["default"]["KEEPALIVE"]["MAX_AGE"] must be')
 
 
 def test_opted_out_alias_may_use_conn_max_age_or_the_native_pool():

@@ -44,3 +44,24 @@ def test_invalid_value_at_runtime_is_improperly_configured():
     with override_settings(KEEPALIVE_MAX_AGE="ten"):
         with pytest.raises(ImproperlyConfigured, match="KEEPALIVE_MAX_AGE"):
             conf.config_for("default")
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"MAX_AGE": "600"}, 'DATABASES["default"]["KEEPALIVE"]["MAX_AGE"] must be'),
+    ({"HEALTH_CHECKS": "yes"}, 'DATABASES["default"]["KEEPALIVE"]["HEALTH_CHECKS"] must be'),
+])
+def test_per_alias_error_names_the_setting_as_the_user_wrote_it(overrides, named):
+    databases = copy.deepcopy(settings.DATABASES)
+    databases["default"]["KEEPALIVE"] = overrides
+    with override_settings(DATABASES=databases):
+        with pytest.raises(ImproperlyConfigured) as raised:
+            conf.config_for("default")
+    assert str(raised.value).startswith(named)
+    assert "KEEPALIVE_" not in str(raised.value)
+
+
+def test_global_error_names_the_global_setting():
+    with override_settings(KEEPALIVE_HEALTH_CHECKS="yes"):
+        with pytest.raises(ImproperlyConfigured) as raised:
+            conf.config_for("default")
+    assert str(raised.value).startswith("KEEPALIVE_HEALTH_CHECKS must be True or False")

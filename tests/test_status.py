@@ -6,6 +6,9 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,7 +16,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from keepalive_mw import attribution
+from keepalive_mw import attribution, status_text
+from keepalive_mw.status import _usage
 from tests.helpers import in_thread, my_admin, wsgi_get
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -142,8 +146,49 @@ def test_risky_settings_are_warned_about():
     (["--watch", "0"], "greater than 0"),
 ])
 def test_bad_arguments_are_command_errors_with_the_choices(args, message):
-    with pytest.raises(CommandError, match=message):
+    with pytest.raises(CommandError, match=message) as raised:
         call_command("keepalive_status", *args, stdout=io.StringIO())
+    assert raised.value.returncode == 3  # Nagios UNKNOWN, not 1 (a condition holds)
+
+
+@pytest.mark.parametrize("args", [
+    ["--fail-on", "usage>80"],  # fine: a percentage without its sign
+    ["--fail-on", "useage>80%"],
+    ["--format", "xml"],
+    ["--watch", "0"],
+])
+def test_usage_errors_exit_3_from_the_command_line(args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "django", "keepalive_status", "--database", "sqlite", *args,
+         "--settings", "tests.settings"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    expected = 0 if args == ["--fail-on", "usage>80"] else 3
+    assert proc.returncode == expected, proc.stdout + proc.stderr
+    if expected:
+        assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower(), proc.stderr
+
+
+def test_headroom_percentages_are_of_the_connections_named():
+    room = _usage(15, 3, 100, 3)
+    assert room["available_connections"] == 97
+    assert room["usage_percent"] == 15.5 and room["app_usage_percent"] == 3.1
+    text = status_text._headroom(room)
+    assert text.startswith("15 of 97 connections in use (15.5%), 3 by this app (3.1%)")
+    assert "max_connections 100 less 3 reserved" in text
+
+
+def test_headroom_on_the_server_agrees_with_its_label():
+    _code, report = status_json("--database", "default")
+    room = report["aliases"][0]["server"]["headroom"]
+    assert room["available_connections"] == room["max_connections"] - room[
+        "reserved_connections"]
+    assert room["usage_percent"] == round(100 * room["in_use"] / room["available_connections"], 1)
+    out = status("--database", "default")[1]
+    used, of, percent = re.search(r"(\d+) of (\d+) connections in use \(([\d.]+)%\)",
+                                  out).groups()
+    assert float(percent) == round(100 * int(used) / int(of), 1), out
 
 
 def test_json_schema_is_stable():
@@ -161,7 +206,8 @@ def test_json_schema_is_stable():
         assert set(server["sessions"]) == {"count", "by_state", "by_process", "oldest",
                                            "idle_in_transaction", "longest_transactions"}
         assert set(server["headroom"]) == {"max_connections", "reserved_connections",
-                                           "in_use", "in_use_by_app", "usage_percent",
+                                           "available_connections", "in_use",
+                                           "in_use_by_app", "usage_percent",
                                            "app_usage_percent"}
         for session in server["sessions"]["oldest"]:
             assert set(session) == {"id", "state", "connected_seconds", "state_seconds",

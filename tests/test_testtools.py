@@ -69,3 +69,19 @@ def test_django_test_runner_creates_uses_and_drops_its_databases():
     assert "Ran 2 tests" in output and "OK" in output
     assert "Destroying test database for alias 'default'" in output
     assert "being accessed by other users" not in output
+
+
+def test_django_parallel_runner_restores_serialized_contents_in_its_workers():
+    """The runner serializes the test database onto the connection object, then forks its
+    workers: each must find the same object, whose next use opens its own connection."""
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "test", "tests.runner_parallel.cases", "--parallel",
+         "2", "-v", "2", "--noinput", "--settings", "tests.runner_parallel.settings"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Cloning test database for alias 'default'" in output, output  # really parallel
+    assert "Ran 4 tests" in output and "OK" in output, output
+    assert "being accessed by other users" not in output, output

@@ -140,6 +140,7 @@ class Server:
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
         health_path: str = "/health/",
+        ready_status: int = 200,
     ):
         if kind not in WORKER_KINDS:
             raise ValueError(f"kind must be one of {WORKER_KINDS}")
@@ -152,6 +153,8 @@ class Server:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.health_path = health_path
+        # The status of health_path that means "up" (a server expected to fail requests).
+        self.ready_status = ready_status
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._logdir = Path(tempfile.mkdtemp(prefix=f"kamw_{kind}_"))
@@ -221,7 +224,7 @@ class Server:
                 )
             try:
                 status, body = http_get(self.port, self.health_path, timeout=2)
-                if status == 200:
+                if status == self.ready_status:
                     return
                 last_error = f"HTTP {status}: {body[:200]!r}"
             except OSError as exc:

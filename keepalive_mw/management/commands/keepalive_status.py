@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
@@ -24,16 +25,22 @@ CONDITIONS = {
 _CONDITION = re.compile(r"^(?P<name>[a-z-]+)>(?P<value>\d+(?:\.\d+)?)(?P<unit>s|m|h|%)?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
 
-# Exit statuses, for monitoring probes.
+# Exit statuses, for monitoring probes (Nagios plugin codes: 1 warning, 2 critical,
+# 3 unknown). A probe with a typo must not look like an alert.
 EXIT_CONDITION = 1
 EXIT_UNREACHABLE = 2
+EXIT_USAGE = 3
+
+
+def usage_error(message: str) -> CommandError:
+    return CommandError(message, returncode=EXIT_USAGE)
 
 
 def parse_condition(text: str) -> tuple[str, float]:
     """Parse ``NAME>VALUE[unit]`` into (name, limit in seconds, percent or count)."""
     match = _CONDITION.match(text.replace(" ", ""))
     if not match or match["name"] not in CONDITIONS:
-        raise CommandError(
+        raise usage_error(
             f"invalid --fail-on {text!r}: use NAME>VALUE with NAME one of "
             + ", ".join(CONDITIONS) + " (e.g. idle-in-transaction>30s, usage>80%)."
         )
@@ -46,7 +53,7 @@ def parse_condition(text: str) -> tuple[str, float]:
         allowed, takes = set(_SECONDS), "a duration in s, m or h, e.g. 30s"
         value *= _SECONDS[unit]
     if unit not in allowed:
-        raise CommandError(f"invalid --fail-on {text!r}: {name} takes {takes}.")
+        raise usage_error(f"invalid --fail-on {text!r}: {name} takes {takes}.")
     return name, value
 
 
@@ -69,6 +76,19 @@ class Command(BaseCommand):
             "holds, as the database servers see them.")
     requires_system_checks: list[str] = []
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+
+        def error(message: str) -> None:
+            # argparse would exit with 2, this command's "unreachable".
+            if parser.called_from_command_line:
+                parser.print_usage(sys.stderr)
+                parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message}\n")
+            raise usage_error(f"Error: {message}")
+
+        parser.error = error  # type: ignore[method-assign]
+        return parser
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", choices=list(connections), metavar="ALIAS",
                             help="Report one alias (default: all). Choices: "
@@ -84,10 +104,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         conditions = [parse_condition(text) for text in options["fail_on"]]
         if options["watch"] is not None and options["watch"] <= 0:
-            raise CommandError("--watch takes a number of seconds greater than 0")
+            raise usage_error("--watch takes a number of seconds greater than 0")
         aliases = [options["database"]] if options["database"] else list(connections)
         while True:
-            code = self.run_once(aliases, options["format"], conditions)
+            try:
+                code = self.run_once(aliases, options["format"], conditions)
+            except ImproperlyConfigured as exc:  # an invalid KEEPALIVE_* setting
+                raise usage_error(str(exc)) from None
             if options["watch"] is None:
                 break
             try:
