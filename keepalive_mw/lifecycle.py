@@ -526,8 +526,9 @@ def keep_inherited(wrapper: BaseDatabaseWrapper) -> None:
     """
     pool = pool_for(wrapper.alias)
     pool.reserve()
-    pool.track(wrapper)
+    _keep(wrapper, pool)
     _record.unscoped.append(wrapper)
+    pool.held_outside(wrapper, None)
 
 
 def after_fork() -> None:
