@@ -70,10 +70,10 @@ def _child(spec: dict) -> dict:
     iterations = spec["iterations"]
 
     if mode == "keepalive":
-        from keepalive_mw import lifecycle
+        from keepalive_mw import units
 
-        started, finished = lifecycle.on_request_started, lifecycle.on_request_finished
-        set_outcome, succeeded = lifecycle.set_outcome, lifecycle.SUCCEEDED
+        started, finished = units.on_request_started, units.on_request_finished
+        set_outcome, succeeded = units.set_outcome, units.SUCCEEDED
 
         def warm(used):
             started(None)

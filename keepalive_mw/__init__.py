@@ -11,14 +11,14 @@ __all__ = ["ConnectionWaitTimeout", "close_idle", "get_stats", "scope", "unit_fi
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing keepalive_mw (settings, INSTALLED_APPS) must not import django.db.
-    if name == "scope":
-        from .lifecycle import scope
+    if name in ("scope", "unit_started", "unit_finished"):
+        from . import units
 
-        return scope
-    if name in ("close_idle", "unit_started", "unit_finished"):
-        from . import lifecycle
+        return getattr(units, name)
+    if name == "close_idle":
+        from .lifecycle import close_idle
 
-        return getattr(lifecycle, name)
+        return close_idle
     if name == "get_stats":
         from .stats import get_stats
 

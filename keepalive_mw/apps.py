@@ -14,10 +14,10 @@ class KeepAliveConfig(AppConfig):
     verbose_name = "keepalive_mw"
 
     def ready(self) -> None:
-        from . import checks, forking, integrations, lifecycle
+        from . import checks, forking, integrations
 
         checks.register()
-        install(lifecycle)
+        install()
         forking.install()
         integrations.install()
 
@@ -26,8 +26,10 @@ class KeepAliveConfig(AppConfig):
 _installed = False
 
 
-def install(lifecycle) -> None:  # type: ignore[no-untyped-def]
+def install() -> None:
     """Take over the request signals and the creation of connections."""
+    from . import lifecycle, units
+
     global _installed
     if _installed:
         return
@@ -37,8 +39,8 @@ def install(lifecycle) -> None:  # type: ignore[no-untyped-def]
     # and carry no close_at of Django's.
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
-    signals.request_started.connect(lifecycle.on_request_started, dispatch_uid="keepalive_mw")
-    signals.request_finished.connect(lifecycle.on_request_finished, dispatch_uid="keepalive_mw")
+    signals.request_started.connect(units.on_request_started, dispatch_uid="keepalive_mw")
+    signals.request_finished.connect(units.on_request_finished, dispatch_uid="keepalive_mw")
     connection_created.connect(lifecycle.on_connection_created, dispatch_uid="keepalive_mw")
     lifecycle._django_create_connection = connections.create_connection
     connections.create_connection = lifecycle.create_connection

@@ -10,7 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-from .lifecycle import FAILED, SUCCEEDED, abort_request, set_outcome
+from .units import FAILED, SUCCEEDED, abort_request, set_outcome
 
 
 def _mark_succeeded() -> None:

@@ -44,15 +44,15 @@ def warm(alias, n):
 
         handler[alias].ensure_connection()
         barrier.wait(10)  # all n open at once, so n distinct sessions
-        from keepalive_mw import lifecycle
+        from keepalive_mw import units
 
-        lifecycle.on_request_finished(None)
+        units.on_request_finished(None)
 
     def request():
-        from keepalive_mw import lifecycle
+        from keepalive_mw import units
 
-        lifecycle.on_request_started(None)
-        lifecycle.set_outcome(lifecycle.SUCCEEDED)
+        units.on_request_started(None)
+        units.set_outcome(units.SUCCEEDED)
         hold()
 
     with ThreadPoolExecutor(n) as executor:

@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Any
 
-from .. import conf, lifecycle
+from .. import conf, lifecycle, units
 from ..pool import kept_of
 from . import installed
 
@@ -61,20 +61,20 @@ def on_task_prerun(sender: Any = None, task_id: Any = None, task: Any = None,
         return
     # A worker thread runs one task at a time: a unit still open is one whose
     # task_postrun never came. End it before the next task.
-    lifecycle.units_abandoned()
-    lifecycle.unit_started(task_id)
+    units.units_abandoned()
+    units.unit_started(task_id)
 
 
 def on_task_postrun(sender: Any = None, task_id: Any = None, task: Any = None,
                     state: Any = None, **kwargs: Any) -> None:
-    lifecycle.unit_finished(task_id, failed=state != SUCCESS)
+    units.unit_finished(task_id, failed=state != SUCCESS)
 
 
 def on_worker_shutdown(**kwargs: Any) -> None:
     """A worker (prefork child, or the worker itself) exits: close what it kept."""
     if not conf.enabled(conf.CELERY):
         return
-    lifecycle.release_thread()
+    units.release_thread()
     lifecycle.close_idle()
 
 
@@ -86,7 +86,7 @@ def on_worker_init(**kwargs: Any) -> None:
     """
     adjust_fixup()
     if conf.enabled(conf.CELERY):
-        lifecycle.release_thread()
+        units.release_thread()
         lifecycle.close_idle()
 
 

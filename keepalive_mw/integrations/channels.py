@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .. import conf, lifecycle
+from .. import conf, units
 from . import installed
 
 
@@ -29,13 +29,13 @@ def install() -> None:
     def thread_handler(self: Any, loop: Any, *args: Any, **kwargs: Any) -> Any:
         if not conf.enabled(conf.CHANNELS):
             return original(self, loop, *args, **kwargs)
-        unit = lifecycle.begin_unit()
+        unit = units.begin_unit()
         try:
             result = original(self, loop, *args, **kwargs)
         except BaseException:
-            lifecycle.end_unit(unit, failed=True)
+            units.end_unit(unit, failed=True)
             raise
-        lifecycle.end_unit(unit, failed=False)
+        units.end_unit(unit, failed=False)
         return result
 
     thread_handler.keepalive_mw = True  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import conf, lifecycle
+from .. import conf, units
 from . import installed
 
 SIGNAL_MODULES = ("django.tasks.signals", "django_tasks.signals")
@@ -41,12 +41,12 @@ def _key(task_result: Any) -> Any:
 
 def on_task_started(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None:
     if conf.enabled(conf.DJANGO_TASKS):
-        lifecycle.unit_started(_key(task_result))
+        units.unit_started(_key(task_result))
 
 
 def on_task_finished(sender: Any = None, task_result: Any = None, **kwargs: Any) -> None:
     status = getattr(task_result, "status", None)
-    lifecycle.unit_finished(_key(task_result), failed=status != SUCCESSFUL)
+    units.unit_finished(_key(task_result), failed=status != SUCCESSFUL)
 
 
 def manual_commit_result_aliases() -> list[str]:

@@ -25,8 +25,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from . import servers
