@@ -51,10 +51,13 @@ def test_no_failed_task_after_sessions_are_terminated(pg_tasks_database, queue, 
                                                        unique_name):
     database = pg_tasks_database
     env = database.env(variant, unique_name)
-    with workers.DbWorker(env) as worker:
+    # Polls 3 s apart: the sessions are terminated while the worker sleeps between two
+    # polls, not in the middle of one (a query in flight fails whatever the library).
+    with workers.DbWorker(env, interval=3.0) as worker:
         workers.enqueue(env, "queries", count=WARMUP)
         warm = queue.wait_done(WARMUP, worker)
         kept = servers.pg_pids(database.name, unique_name)
+        workers.wait_quiet(database, unique_name)
         killed = workers.terminate_sessions(database, unique_name)
         workers.enqueue(env, "queries", count=AFTER_TERMINATE)
         try:

@@ -407,6 +407,28 @@ def rows_kept(database, good_label: str, bad_label: str, good: int, open_trx: di
                                  f"failed ones; open transactions once idle: {open_trx}")
 
 
+def wait_quiet(database, application_name: str, quiet: float = 0.3,
+               timeout: float = 20.0) -> None:
+    """Wait until every session of the application has been idle for ``quiet`` seconds.
+
+    A polling worker (``db_worker``) uses its connection a few milliseconds at a time: a
+    session terminated in the middle of a poll fails that poll, like any query in flight.
+    Terminated while the worker sleeps between polls, it must fail nothing.
+    """
+    where, params = servers._app_filter(application_name)
+
+    def quiet_now() -> bool:
+        with servers.pg_connect(port=database.port) as conn:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND (state <> 'idle' OR now() - state_change < make_interval(secs => %s))"
+                + where, [database.name, quiet, *params]).fetchone()[0]
+        return busy == 0
+
+    servers.wait_for(quiet_now, timeout, 0.02, f"sessions of {application_name} quiet")
+
+
 def terminate_sessions(database, application_name: str) -> set:
     """End every session of the example database's application (KILL on MariaDB)."""
     if database.db == "postgresql":
