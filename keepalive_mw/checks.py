@@ -156,7 +156,7 @@ def check_integrations(**kwargs: Any) -> list[checks.CheckMessage]:
     from .integrations import celery, channels, django_tasks
 
     found: list[checks.CheckMessage] = []
-    if conf.enabled(conf.CELERY) and celery.available():
+    if conf.enabled(conf.CELERY) and celery.installed_here():
         if not celery.fixup_adjustable():
             found.append(checks.Warning(
                 "Celery's Django fixup is not laid out as keepalive_mw expects: it may close "

@@ -39,7 +39,15 @@ def insert(alias: str, name: str, fail: bool = False) -> None:
 
 @pytest.fixture
 def celery_worker_thread():
-    """Run tasks as a Celery worker does: the real tracer, with Django's worker fixup."""
+    """Run tasks as a Celery worker does: the real tracer, with Django's worker fixup.
+
+    This process imported Celery after Django's set-up (a worker imports it before), so the
+    integration is wired here as a worker wires it at start-up.
+    """
+    from keepalive_mw.integrations import celery as integration
+
+    integration.install()
+    integration.adjust_fixup()
     app = Celery("keepalive_mw_tests", set_as_current=False)
     app.conf.update(broker_url="memory://", task_ignore_result=True)
     task = app.task(name="tests.insert")(insert)
@@ -97,7 +105,7 @@ def test_celery_integration_switched_off_leaves_the_fixup_alone(celery_worker_th
     assert get_stats()["default"]["connections_opened"] == 3  # closed before every task
 
 
-def test_celery_worker_shutdown_closes_kept_connections():
+def test_celery_worker_shutdown_closes_kept_connections(celery_worker_thread):
     admin = pg_admin()
 
     def child():
@@ -111,6 +119,25 @@ def test_celery_worker_shutdown_closes_kept_connections():
     assert not still_held
     wait_until(lambda: pid not in {session for session, _ in pg_sessions(admin)})
     assert get_stats()["default"]["connections_idle"] == 0
+
+
+def test_a_process_that_does_not_import_celery_pays_nothing_for_it():
+    """Django's set-up neither imports Celery nor wires it; a worker imports Celery first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(script):
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=True, timeout=60, env=env,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.split()
+
+    assert run("import sys, django; django.setup(); print('celery' in sys.modules)") == [
+        "False"]
+    assert run("import celery, django; django.setup(); from celery import signals; "
+               "print(len(signals.task_prerun.receivers))") == ["1"]
 
 
 # -- Channels ------------------------------------------------------------------------------
