@@ -35,6 +35,7 @@ LEGS = [(django, python) for django, pythons in MATRIX.items() for python in pyt
 # machines) Python never would: every subprocess of the suite (servers, workers, commands)
 # would compile Django from source again, doubling the suite's time.
 os.environ["UV_COMPILE_BYTECODE"] = "1"
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "uv|venv"  # uv when installed: installs in seconds
