@@ -96,6 +96,9 @@ OPTIONS: tuple[Option, ...] = (
            "bound on connections per process and alias; None: unbounded"),
     Option("WAIT_TIMEOUT", 30.0, _number, "E009",
            "seconds a request waits at the bound before failing"),
+    Option("CONNECT_RETRY", 10.0, _number, "E017",
+           "seconds a new connection is retried while the server is unavailable "
+           "(down, restarting, full); 0: fail at once"),
     Option("LEAK_THRESHOLD", None, lambda v: _number_or_none(v, positive=True), "E013",
            "seconds a thread may hold a connection outside any request or unit of work "
            "before a warning says where it took it; None: never"),
@@ -130,6 +133,7 @@ class AliasConfig:
     reset_session: bool
     max_connections: int | None
     wait_timeout: float
+    connect_retry: float
     leak_threshold: float | None
 
     def as_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from . import attribution, conf, health, housekeeper, hygiene, units
+from . import attribution, conf, health, housekeeper, hygiene, outage, units
 from .pool import (
     CLOSE_BROKEN,
     CLOSE_ERRORS,
@@ -89,6 +89,9 @@ def _keep(wrapper: BaseDatabaseWrapper, pool: AliasPool) -> KeptConnection:
     # Django's close_old_connections() calls this on each of the thread's wrappers.
     wrapper.close_if_unusable_or_obsolete = types.MethodType(  # type: ignore[method-assign]
         units.close_if_unusable_or_obsolete, wrapper)
+    # Its connects ride out a server that is unavailable for a moment.
+    wrapper.get_new_connection = types.MethodType(  # type: ignore[method-assign]
+        outage.get_new_connection, wrapper)
     return kept
 
 

@@ -36,6 +36,8 @@ _COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "requests_queued": ("requests_queued", {}),
     "requests_errors": ("requests_wait_errors", {}),
     "leak_warnings": ("leak_warnings", {}),
+    "connections_retried": ("connections_retried", {}),
+    "connections_unavailable": ("connections_unavailable", {}),
 }
 
 
@@ -69,6 +71,14 @@ def _create() -> dict[str, Any]:
                                         "Requests that gave up waiting at the bound."),
         "leak_warnings": counter("leak_warnings",
                                  "Connections held outside units past LEAK_THRESHOLD."),
+        "connections_retried": counter("connections_retried",
+                                       "Connects retried while the server was unavailable."),
+        "connections_retry_wait_seconds": counter(
+            "connections_retry_wait_seconds",
+            "Time connects spent waiting for an unavailable server."),
+        "connections_unavailable": counter(
+            "connections_unavailable",
+            "Connects given up after CONNECT_RETRY seconds of an unavailable server."),
         "connections": Gauge("django_keepalive_connections", "Connections held, by state.",
                              ["alias", "vendor", "state"], multiprocess_mode="livesum"),
         "unscoped_age": Gauge("django_keepalive_connections_unscoped_age_seconds",
@@ -93,6 +103,8 @@ def sync() -> None:
                 _add(pool.alias, key, stats[key], _metrics[metric].labels(**labels, **extra))
             _add(pool.alias, "requests_wait_ms", stats["requests_wait_ms"],
                  _metrics["requests_wait_seconds"].labels(**labels), scale=1000)
+            _add(pool.alias, "connections_retry_wait_ms", stats["connections_retry_wait_ms"],
+                 _metrics["connections_retry_wait_seconds"].labels(**labels), scale=1000)
             idle = pool.idle_count()
             unscoped, age_ms = stats_unscoped(pool)
             gauge = _metrics["connections"]

@@ -44,6 +44,9 @@ COUNTERS = (
     "requests_wait_ms",
     "requests_errors",
     "leak_warnings",
+    "connections_retried",
+    "connections_retry_wait_ms",
+    "connections_unavailable",
 )
 
 
@@ -122,6 +125,10 @@ class AliasPool:
         # KeptConnection: what get_stats(), the metrics and the leak warning see of them.
         # Weak references, so that a thread that dies holding one does not keep it alive.
         self._unscoped: dict[KeptConnection, weakref.ref[BaseDatabaseWrapper]] = {}
+        # Time (outage.monotonic) a connect first found the server unavailable in the
+        # current outage; None while connects succeed. What logs an outage once, not once
+        # per request.
+        self.outage_since: float | None = None
 
     # -- taking and giving back -----------------------------------------------------
 
@@ -225,6 +232,22 @@ class AliasPool:
             if wrapper is not None:
                 alive.append((kept, wrapper))
         return alive
+
+    # -- outages -------------------------------------------------------------------
+
+    def outage_began(self, now: float) -> bool:
+        """A connect found the server unavailable: True if that starts an outage."""
+        with self._lock:
+            if self.outage_since is not None:
+                return False
+            self.outage_since = now
+            return True
+
+    def outage_ended(self, now: float) -> float | None:
+        """A connect succeeded: the outage's length in seconds, None if there was none."""
+        with self._lock:
+            since, self.outage_since = self.outage_since, None
+        return None if since is None else now - since
 
     # -- housekeeping ---------------------------------------------------------------
 

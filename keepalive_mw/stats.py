@@ -14,7 +14,9 @@ def get_stats() -> dict[str, dict[str, Any]]:
     Counters: connections_opened, connections_reused, connections_closed_<reason>,
     checks_free, checks_ping, checks_failed, transactions_committed,
     transactions_rolled_back, requests_queued, requests_wait_ms, requests_errors,
-    leak_warnings.
+    leak_warnings, connections_retried (connect attempts repeated while the server was
+    unavailable), connections_retry_wait_ms (time connects spent in those retries) and
+    connections_unavailable (connects given up after CONNECT_RETRY seconds).
     Measures: connections_num (open or handed out now), connections_idle,
     connections_peak, requests_waiting, connections_unscoped (held by threads outside
     any request or unit of work) and connections_unscoped_age_ms (the oldest such hold).
