@@ -605,8 +605,8 @@ def mysql_connect(dbname: str | None = None, **kw):
     return MySQLdb.connect(**args)
 
 
-def mysql_query(sql: str, params=(), dbname: str | None = None) -> list:
-    conn = mysql_connect(dbname)
+def mysql_query(sql: str, params=(), dbname: str | None = None, port: int | None = None) -> list:
+    conn = mysql_connect(dbname, **({"port": port} if port is not None else {}))
     try:
         cur = conn.cursor()
         cur.execute(sql, params)
@@ -615,12 +615,12 @@ def mysql_query(sql: str, params=(), dbname: str | None = None) -> list:
         conn.close()
 
 
-def mysql_processes(dbname: str) -> list:
+def mysql_processes(dbname: str, port: int | None = None) -> list:
     """Threads connected to ``dbname``: list of (id, command, time, state)."""
     return mysql_query(
         "SELECT id, command, time, state FROM information_schema.processlist "
         "WHERE db = %s AND id <> CONNECTION_ID() ORDER BY id",
-        (dbname,),
+        (dbname,), port=port,
     )
 
 
@@ -636,12 +636,12 @@ def mysql_open_transactions(dbname: str) -> list:
     )
 
 
-def mysql_terminate(dbname: str, wait: float = 10.0) -> set:
+def mysql_terminate(dbname: str, wait: float = 10.0, port: int | None = None) -> set:
     """KILL every thread connected to ``dbname``; wait until they are gone."""
     import MySQLdb
 
-    ids = {row[0] for row in mysql_processes(dbname)}
-    conn = mysql_connect()
+    ids = {row[0] for row in mysql_processes(dbname, port)}
+    conn = mysql_connect(**({"port": port} if port is not None else {}))
     try:
         cur = conn.cursor()
         for thread_id in ids:
@@ -649,7 +649,7 @@ def mysql_terminate(dbname: str, wait: float = 10.0) -> set:
                 cur.execute(f"KILL {int(thread_id)}")
     finally:
         conn.close()
-    wait_for(lambda: not ({row[0] for row in mysql_processes(dbname)} & ids), wait, 0.05,
+    wait_for(lambda: not ({row[0] for row in mysql_processes(dbname, port)} & ids), wait, 0.05,
              f"killed threads of {dbname} to disappear")
     return ids
 
@@ -665,8 +665,8 @@ def create_database(db: str, dbname: str, port: int | None = None):
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{dbname}"')
     elif db == "mysql":
-        mysql_query(f"DROP DATABASE IF EXISTS `{dbname}`")
-        mysql_query(f"CREATE DATABASE `{dbname}` CHARACTER SET utf8mb4")
+        mysql_query(f"DROP DATABASE IF EXISTS `{dbname}`", port=port)
+        mysql_query(f"CREATE DATABASE `{dbname}` CHARACTER SET utf8mb4", port=port)
     else:
         raise ValueError(db)
 
@@ -787,6 +787,98 @@ class PgCluster:
             self.tmpdir = None
 
     def __enter__(self) -> "PgCluster":
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+class MariaDbServer:
+    """A throwaway MariaDB server (``mariadb-install-db`` as the ``mysql`` OS user, root
+    without a password on 127.0.0.1, a free port); a context manager with ``restart()``."""
+
+    def __init__(self, *, os_user: str = "mysql", timeout: float = 60):
+        self.os_user = os_user
+        self.timeout = timeout
+        self.port: int | None = None
+        self.tmpdir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.tmpdir / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.tmpdir / "mariadb.log"
+
+    def start(self) -> "MariaDbServer":
+        import pwd
+
+        entry = pwd.getpwnam(self.os_user)
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="kamw_mariadb_"))
+        os.chown(self.tmpdir, entry.pw_uid, entry.pw_gid)
+        self.port = free_port()
+        try:
+            proc = subprocess.run(
+                ["runuser", "-u", self.os_user, "--", shutil.which("mariadb-install-db")
+                 or "mysql_install_db", f"--datadir={self.datadir}",
+                 "--auth-root-authentication-method=normal", "--skip-test-db"],
+                capture_output=True, text=True, timeout=self.timeout)
+            if proc.returncode != 0:
+                raise HarnessError(f"mariadb-install-db failed:\n{proc.stdout}\n{proc.stderr}")
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self):
+        cmd = ["runuser", "-u", self.os_user, "--", "/usr/sbin/mariadbd", "--no-defaults",
+               f"--datadir={self.datadir}", f"--port={self.port}", "--bind-address=127.0.0.1",
+               f"--socket={self.tmpdir / 'mysqld.sock'}", f"--pid-file={self.tmpdir / 'mysqld.pid'}",
+               f"--log-error={self.logfile}", "--innodb-buffer-pool-size=32M",
+               "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin", "--max-connections=100"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise HarnessError(f"mariadbd exited ({self.proc.returncode}):\n{_tail(self.logfile)}")
+            try:
+                mysql_connect(port=self.port).close()
+                return True
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+
+        wait_for(ready, self.timeout, 0.05, "mariadbd to accept connections")
+
+    def restart(self):
+        """Shutdown (every session ends) and start again; returns when it accepts again."""
+        self._shutdown()
+        self._launch()
+
+    def _shutdown(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # runuser forwards it: a normal shutdown
+            try:
+                self.proc.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def stop(self):
+        if self.tmpdir is None:
+            return
+        try:
+            self._shutdown()
+        finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def __enter__(self) -> "MariaDbServer":
         return self.start()
 
     def __exit__(self, *exc):

@@ -1,5 +1,5 @@
-"""Faults under load: a PostgreSQL restart and every session terminated in the middle of
-a load, on a throwaway cluster. Requests that need a new connection while the server is
+"""Faults under load: a database restart and every session terminated in the middle of a
+load, on a throwaway PostgreSQL cluster or MariaDB server. Requests that need a new connection while the server is
 away wait for it (CONNECT_RETRY) instead of failing; only requests in flight may fail."""
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def cluster():
         yield cluster
 
 
+@pytest.fixture(scope="module")
+def mariadb():
+    with servers.MariaDbServer() as server:
+        servers.prepare_database("mysql", DBNAME, port=server.port)
+        yield server
+
+
 def _load_with_fault(server, fault) -> tuple[servers.LoadResult, float]:
     """LOAD_S seconds of load from CLIENTS clients, ``fault()`` FAULT_AT_S seconds in."""
     box: list = []
@@ -52,20 +59,29 @@ def _load_with_fault(server, fault) -> tuple[servers.LoadResult, float]:
     return box[0], fault_s
 
 
-def _served(cluster, kind, env, fault_name, unique_name):
+def _sessions(db, port, unique_name) -> set:
+    if db == "postgresql":
+        return servers.pg_pids(DBNAME, unique_name, port=port)
+    return {row[0] for row in servers.mysql_processes(DBNAME, port)}
+
+
+def _served(cluster, kind, env, fault_name, unique_name, db="postgresql"):
     with servers.Server(kind, env, workers=2) as server:
         servers.run_load(server.port, "/", clients=CLIENTS, total=4 * CLIENTS)  # warm
-        before = servers.pg_pids(DBNAME, unique_name, port=cluster.port)
+        before = _sessions(db, cluster.port, unique_name)
         if fault_name == "restart":
             fault = cluster.restart
-        else:
+        elif db == "postgresql":
             def fault():
                 servers.pg_terminate(DBNAME, unique_name, port=cluster.port)
+        else:
+            def fault():
+                servers.mysql_terminate(DBNAME, port=cluster.port)
         result, fault_s = _load_with_fault(server, fault)
-        after = servers.pg_pids(DBNAME, unique_name, port=cluster.port)
+        after = _sessions(db, cluster.port, unique_name)
         stderr = server.stderr()
     longest = max(r.elapsed for r in result.responses)
-    evidence = (f"{kind}, {fault_name} ({fault_s:.2f} s) under load: {result.summary()}; "
+    evidence = (f"{db} {kind}, {fault_name} ({fault_s:.2f} s) under load: {result.summary()}; "
                 f"failed {len(result.non_200)}, longest request {longest:.2f} s; sessions "
                 f"before {sorted(before)}, after {sorted(after)}\n"
                 f"server stderr (tail):\n{stderr[-3000:]}")
@@ -86,6 +102,20 @@ def test_faults_under_load_fail_only_requests_in_flight(cluster, kind, fault_nam
     assert len(result.responses) > 10 * CLIENTS, evidence
     assert len(result.non_200) <= IN_FLIGHT, evidence
     assert longest < CONNECT_RETRY + 5, evidence  # nobody waits past the bound
+
+
+@pytest.mark.parametrize("fault_name", ["restart", "terminate"])
+def test_mariadb_faults_under_load_fail_only_requests_in_flight(mariadb, fault_name, variant,
+                                                                unique_name):
+    env = servers.example_env("mysql", EXAMPLE_DB_NAME=DBNAME, EXAMPLE_DB_PORT=mariadb.port,
+                              EXAMPLE_VARIANT=variant, EXAMPLE_APPNAME=unique_name)
+    result, longest, before, after, evidence = _served(mariadb, "sync", env, fault_name,
+                                                       unique_name, db="mysql")
+    # A restarted server numbers its threads from 1 again: only terminate can compare.
+    assert before and after and (fault_name == "restart" or not (before & after)), evidence
+    assert len(result.responses) > 10 * CLIENTS, evidence
+    assert len(result.non_200) <= IN_FLIGHT, evidence
+    assert longest < CONNECT_RETRY + 5, evidence
 
 
 def test_without_connect_retry_a_restart_fails_requests(cluster, variant, unique_name):
