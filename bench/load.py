@@ -4,8 +4,8 @@ Both are bounded in time and requests and only ever target 127.0.0.1, and send e
 on a new HTTP connection ("Connection: close", as nginx's default proxying does), so that the
 kernel spreads requests over a server's workers; KAMW_HTTP_KEEPALIVE=1 keeps connections
 open instead. Either returns the
-same figures: requests, duration, requests/s, p50/p90/p99 latency, non-2xx/3xx responses
-and socket errors.
+same figures: requests, duration, requests/s, p50/p90/p99 and longest latency, non-2xx/3xx
+responses and socket errors.
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ def wrk_version() -> str | None:
 
 
 def run(port: int, path: str, *, clients: int, duration: float, max_requests: int = 200_000,
-        stop: threading.Event | None = None) -> dict:
+        stop: threading.Event | None = None, python: bool = False) -> dict:
     """Send GET ``path`` from ``clients`` keep-alive connections for ``duration`` seconds.
 
     ``stop`` (set by a watchdog) ends the load early: wrk gets SIGINT and still reports.
+    ``python``: the Python client whatever is installed. wrk drops the requests still in
+    flight when its time is up; the Python client waits for them (up to their 10 s timeout)
+    and counts them, so that a request stalled at the end is not lost from the figures.
     """
     url = f"http://127.0.0.1:{port}{path}"
-    if tool() == "wrk":
+    if tool() == "wrk" and not python:
         return _wrk(url, clients, duration, stop)
     return _python(port, path, clients, duration, max_requests, stop)
 
@@ -77,6 +80,7 @@ def _wrk(url: str, clients: int, duration: float, stop) -> dict:
         "p50_ms": data["latency_us"]["p50"] / 1000,
         "p90_ms": data["latency_us"]["p90"] / 1000,
         "p99_ms": data["latency_us"]["p99"] / 1000,
+        "max_ms": data["latency_us"]["max"] / 1000,
         "non_2xx_3xx": errors["status"],
         "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
         "socket_errors_detail": {k: v for k, v in errors.items() if k != "status"},
@@ -161,6 +165,7 @@ def _client_main(port: int, path: str, clients: int, duration: float, max_reques
         "tool": "python", "requests": len(latencies), "duration_s": round(seconds, 3),
         "rps": len(latencies) / seconds if seconds else 0.0,
         "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+        "max_ms": latencies[-1] * 1000 if latencies else 0.0,
         "non_2xx_3xx": counts["non_2xx_3xx"], "socket_errors": counts["socket_errors"],
         "socket_errors_detail": {},
     }))

@@ -1,7 +1,13 @@
 """The benchmark's matrix: the variants (how the example project handles connections), the
-servers that serve it, and the view they serve."""
+servers that serve it, and the views they serve."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+from bench.pg import VIEW_MARKER
+
+_THROUGH_PGBOUNCER = {"EXAMPLE_DISABLE_SERVER_SIDE_CURSORS": "1"}  # transaction mode needs it
 
 # name -> (label, example env overrides, uses pgbouncer)
 VARIANTS = {
@@ -11,10 +17,13 @@ VARIANTS = {
                             {"EXAMPLE_VARIANT": "conn_max_age_checks"}, False),
     "pool": ("Django native pool (psycopg_pool)", {"EXAMPLE_VARIANT": "pool"}, False),
     "pgbouncer": ("PgBouncer transaction mode (CONN_MAX_AGE=0)",
-                  {"EXAMPLE_VARIANT": "default", "EXAMPLE_DISABLE_SERVER_SIDE_CURSORS": "1"}, True),
+                  {"EXAMPLE_VARIANT": "default", **_THROUGH_PGBOUNCER}, True),
+    "keepalive_pgbouncer": ("keepalive_mw through PgBouncer (transaction mode)",
+                            {"EXAMPLE_VARIANT": "keepalive", **_THROUGH_PGBOUNCER}, True),
     "keepalive": ("keepalive_mw (defaults, health checks on)", {"EXAMPLE_VARIANT": "keepalive"}, False),
 }
 REFERENCE = "keepalive"
+PGBOUNCER_VARIANTS = tuple(v for v, spec in VARIANTS.items() if spec[2])
 
 # name -> (label, harness kind, workers, threads, clients)
 SERVERS = {
@@ -24,13 +33,51 @@ SERVERS = {
     "gevent": ("gunicorn gevent", "gevent", 2, 1, 8),
 }
 
+
+class View(NamedTuple):
+    label: str
+    path: str
+    statements: int  # the view's own statements per request
+    # A statement the view runs once per request (as pg_stat_statements shows it): its calls
+    # are the requests the server counts as served.
+    marker: str
+    servers: dict | None = None  # server -> clients; None: every server, with its SERVERS clients
+
+
+VIEWS = {
+    "fast": View("three small queries", "/", 3, VIEW_MARKER),
+    # Requests hold what they took for the first query while they wait: sessions per
+    # request/s is what this view shows (a later mode that gives a connection back between
+    # queries is measured on it too: add its variant to SLOW_VARIANTS). Served: the last
+    # query's calls (requests still waiting when the load stops never run it).
+    "slow": View("async view: a query, 100 ms await (an external API call), a query", "/slow/", 2,
+                 'SELECT "shop_row"."id" AS "id" FROM "shop_row" ORDER BY 1 DESC LIMIT',
+                 {"uvicorn": 64}),
+}
+# Variants served on the slow view. Not CONN_MAX_AGE: under ASGI it leaks (see LEAKY),
+# 64 clients would only show "too many clients".
+SLOW_VARIANTS = ("default", "pool", "pgbouncer", "keepalive_pgbouncer", "keepalive")
+
 # Variants expected to leak server connections under a server: run short (a finding).
 # Under ASGI every request runs on a new thread, under gevent every HTTP connection in a new
 # greenlet: Django's persistent connections belong to the thread/greenlet and pile up.
 LEAKY = {(v, s) for v in ("conn_max_age", "conn_max_age_checks") for s in ("uvicorn", "gevent")}
-PATH = "/"
+PATH = VIEWS["fast"].path
 SEED_ROWS = 100
 
 
 def _db(variant: str) -> str:
     return f"bench_{variant}"
+
+
+def cells(variants, servers, slow_variants) -> list:
+    """One round's cells, (variant, server, view): the fast view on every server, then the
+    slow view on its servers."""
+    out = [(v, s, "fast") for s in servers for v in variants]
+    for server in VIEWS["slow"].servers:
+        out += [(v, server, "slow") for v in slow_variants]
+    return out
+
+
+def clients(server: str, view: str) -> int:
+    return (VIEWS[view].servers or {}).get(server) or SERVERS[server][4]

@@ -70,6 +70,13 @@ class _AsUser:
         args = [str(a) for a in args]
         return ["runuser", "-u", self.os_user, "--", *args] if self.root else args
 
+    def popen_options(self) -> dict:
+        """Popen arguments that run a long-lived program as the user directly: runuser in
+        between sleeps 2 s after forwarding a signal before it exits."""
+        if not self.root:
+            return {}
+        return {"user": self.entry.pw_uid, "group": self.entry.pw_gid, "extra_groups": []}
+
     def own(self, path: Path) -> None:
         if self.root:
             os.chown(path, self.entry.pw_uid, self.entry.pw_gid)
@@ -125,16 +132,8 @@ class BenchCluster:
                 f"host all all 127.0.0.1/32 {AUTH_METHOD}\n"
             )
             self.user.own(hba)
-            options = (
-                f"-p {self.port} -k {self.tmpdir} -c listen_addresses=127.0.0.1 "
-                f"-c max_connections={self.max_connections} "
-                f"-c password_encryption={AUTH_METHOD} "
-                "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c shared_buffers=128MB"
-            )
-            self._run(self.bin / "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-o", options,
-                      "-w", "-t", self.timeout, "start")
+            self._run(self.bin / "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-o",
+                      self._options(), "-w", "-t", self.timeout, "start")
             with self.connect() as conn:
                 conn.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD {_literal(self.password)}")
                 conn.execute("CREATE EXTENSION pg_stat_statements")
@@ -147,6 +146,29 @@ class BenchCluster:
             self.stop()
             raise
         return self
+
+    def _options(self) -> str:
+        return (
+            f"-p {self.port} -k {self.tmpdir} -c listen_addresses=127.0.0.1 "
+            f"-c max_connections={self.max_connections} "
+            f"-c password_encryption={AUTH_METHOD} "
+            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c shared_buffers=128MB"
+        )
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every session is terminated; returns once the server
+        accepts connections again."""
+        self._run(self.bin / "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-o", self._options(),
+                  "-m", "fast", "-w", "-t", self.timeout, "restart")
+
+    def terminate(self, dbname: str) -> int:
+        """``pg_terminate_backend`` every client session of ``dbname``; how many."""
+        with self.connect() as conn:
+            return len(conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()", [dbname]).fetchall())
 
     def connect(self, dbname: str = "postgres"):
         """An observer connection (superuser, password auth over TCP, autocommit)."""
@@ -190,12 +212,15 @@ def _literal(text: str) -> str:
 
 class PgBouncer:
     """PgBouncer in transaction mode in front of the cluster, on a free loopback port,
-    clients and server both authenticated with scram-sha-256."""
+    clients and server both authenticated with scram-sha-256. ``settings``: more lines of
+    its ``[pgbouncer]`` section (``server_login_retry``, ``query_wait_timeout``...)."""
 
-    def __init__(self, cluster: BenchCluster, dbname: str, pool_size: int = 20):
+    def __init__(self, cluster: BenchCluster, dbname: str, pool_size: int = 20,
+                 settings: dict | None = None):
         self.cluster = cluster
         self.dbname = dbname
         self.pool_size = pool_size
+        self.settings = dict(settings or {})
         self.user = _AsUser()
         self.tmpdir: Path | None = None
         self.port: int | None = None
@@ -228,13 +253,18 @@ class PgBouncer:
             f"logfile = {self.tmpdir / 'pgbouncer.log'}\npidfile = {self.tmpdir / 'pgbouncer.pid'}\n"
             "log_connections = 0\nlog_disconnections = 0\nlog_pooler_errors = 1\n"
             "ignore_startup_parameters = extra_float_digits,options\n"
+            + "".join(f"{key} = {value}\n" for key, value in self.settings.items())
         )
         for path in (userlist, ini):
             path.chmod(0o600)
             self.user.own(path)
-        self.proc = subprocess.Popen(self.user.cmd(PGBOUNCER, ini), stdin=subprocess.DEVNULL,
+        return self._launch()
+
+    def _launch(self) -> "PgBouncer":
+        ini = self.tmpdir / "pgbouncer.ini"
+        self.proc = subprocess.Popen([PGBOUNCER, str(ini)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+                                     start_new_session=True, **self.user.popen_options())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -247,9 +277,21 @@ class PgBouncer:
         self.stop()
         raise BenchError("pgbouncer did not listen within 10 s")
 
+    def restart(self) -> None:
+        """Stop (immediate shutdown: every connection dropped) and start again, same port
+        and settings."""
+        self._kill()
+        self._launch()
+
     def stop(self) -> None:
+        self._kill()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            # runuser forwards SIGTERM; pgbouncer's SIGTERM is an immediate shutdown.
+            # pgbouncer's SIGTERM is an immediate shutdown.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, 15)
             try:
@@ -258,9 +300,6 @@ class PgBouncer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, 9)
                 self.proc.wait(5)
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
 
     def __enter__(self):
         return self.start()
@@ -273,10 +312,11 @@ class PgBouncer:
 # -- evidence ------------------------------------------------------------------------------
 
 
-# The first statement of the benchmarked view, once per request served (pg_stat_statements
-# normalises it to this text): the server's own count of requests that reached the view.
+# The first statement of the benchmarked view (and task), once per request served
+# (pg_stat_statements normalises it to this text): the server's own count of requests that
+# reached the view.
 VIEW_MARKER = 'SELECT COUNT(*) AS "__count" FROM "shop_row"'
-VIEW_STATEMENTS = 3  # COUNT(*), ORDER BY id DESC LIMIT 1, SELECT 1
+VIEW_STATEMENTS = 3  # the fast view's: COUNT(*), ORDER BY id DESC LIMIT 1, SELECT 1
 
 
 def counters(conn, dbname: str) -> dict:

@@ -11,6 +11,7 @@ urlpatterns = [
     path("read/", views.read),
     path("stream/", views.stream),
     path("async/", views.async_view),
+    path("slow/", views.slow),
     path("sleep/", views.sleep),
     path("stream-fail/", views.stream_fail),
 ]

@@ -1,6 +1,7 @@
 """Views of the example project. They never commit: with EXAMPLE_AUTOCOMMIT=0 the
 end-of-request handling (keepalive_mw's commit) is what persists writes."""
 
+import asyncio
 import os
 import time
 
@@ -94,3 +95,16 @@ async def async_view(request):
     count = await Row.objects.acount()
     exists = await Row.objects.filter(label="write").aexists()
     return _text(f"rows={count} any_write={exists}")
+
+
+SLOW_AWAIT_S = 0.1
+
+
+async def slow(request):
+    """A query, 100 ms of waiting on something else (standing in for an external API
+    call), a query: a request that holds whatever it took for the first query while it
+    waits. The benchmark's slow view."""
+    count = await Row.objects.acount()
+    await asyncio.sleep(SLOW_AWAIT_S)
+    last = await Row.objects.order_by("-id").values_list("id", flat=True).afirst()
+    return _text(f"rows={count} last={last}")

@@ -104,6 +104,153 @@ def test_report_aggregates_rounds_and_reports_targets():
     assert "MISSED" in text and "met" in text
 
 
+def _machine():
+    return {"cores": 2, "cpu": "cpu", "os": "os", "postgresql": "15", "auth": "scram-sha-256",
+            "python": "3", "django": "5", "psycopg": "3", "gunicorn": "x", "uvicorn": "y",
+            "gevent": "z", "load_tool": "wrk", "pgbouncer": "PgBouncer 1.18.0"}
+
+
+def _fleet_results(pgbouncer_peak=6, failed=0):
+    from bench import fleet
+
+    def mode(name, variant, rps, peak, errors, pool_size):
+        return {"mode": name, "variant": variant, "pool_size": pool_size, "rps": rps,
+                "requests": int(rps * 6), "errors": errors, "max_ms": 120.0, "p99_ms": 40.0,
+                "conns_peak": peak, "conns_after": peak, "samples": 100, "server_tracebacks": 0,
+                "servers": [{"server": s, "clients": 4, "rps": rps / 4} for s in fleet.FLEET],
+                "wall_s": 9.0}
+
+    return {"config": {"servers": list(fleet.FLEET), "describe": fleet.describe(),
+                       "pool_size": fleet.POOL_SIZE, "duration": 6.0, "path": "/", "clients": 20},
+            "runs": [mode("pgbouncer", "keepalive_pgbouncer", 900, pgbouncer_peak, failed, 6),
+                     mode("direct", "keepalive", 1000, 22, 0, None)],
+            "failures": []}
+
+
+def _chaos_results():
+    from bench import chaos
+
+    def cell(server, variant, fault, failed, requests, max_ms):
+        return {"server": server, "variant": variant, "fault": fault, "failed": failed,
+                "requests": requests, "max_ms": max_ms, "fault_s": 0.23}
+
+    return {"config": {"duration": 12.0, "clients": 8, "path": "/",
+                       "pgbouncer_settings": {"server_login_retry": "0"},
+                       "variants": list(chaos.VARIANTS_RUN), "servers": ["sync"],
+                       "faults": list(chaos.FAULTS)},
+            "runs": [cell("sync", "keepalive", "restart", 90, 9000, 32.0),
+                     cell("sync", "keepalive", "terminate", 1, 9100, 30.0),
+                     cell("sync", "keepalive_pgbouncer", "restart", 0, 8000, 170.0),
+                     cell("sync", "keepalive_pgbouncer", "pgbouncer_restart", 7, 8100, 36.0)],
+            "failures": [{"server": "sync", "variant": "pool", "fault": "restart",
+                          "error": "HarnessError: boom"}]}
+
+
+def test_report_shows_the_slow_view_the_pgbouncer_rows_the_fleet_and_the_chaos_run():
+    runs = [
+        _run("pgbouncer", "sync", 1, 150, sessions=2, xacts=750 * 5),
+        _run("keepalive_pgbouncer", "sync", 1, 1000),
+        _run("keepalive", "sync", 1, 1600),
+        _run("keepalive", "uvicorn", 1, 400, view="slow", clients=64, conns_peak=96,
+             xacts=2000 * 2 + 10, served=2000),
+        _run("keepalive_pgbouncer", "uvicorn", 1, 350, view="slow", clients=64, conns_peak=7,
+             served=1750, xacts=1750 * 2),
+    ]
+    rows = bench_run.aggregate(runs)
+    slow = next(r for r in rows if (r["variant"], r["view"]) == ("keepalive", "slow"))
+    assert slow["clients"] == 64 and slow["vs_keepalive"] == 1.0
+    assert slow["sessions_per_100rps"] == 24.0  # 96 sessions at 400 req/s
+    assert abs(slow["extra_statements_per_request"] - 0.005) < 1e-9  # the slow view's own: 2
+    via = next(r for r in rows if (r["variant"], r["view"]) == ("keepalive_pgbouncer", "slow"))
+    assert via["sessions_per_100rps"] == 2.0 and via["vs_keepalive"] == 350 / 400
+    fast = next(r for r in rows if (r["variant"], r["server"], r["view"]) == ("keepalive", "sync", "fast"))
+    assert fast["vs_keepalive"] == 1.0  # the slow row is no reference for the fast view
+
+    fleet_results = _fleet_results()
+    found = bench_run.targets(rows, None, fleet_results)
+    verdicts = {text: met for text, _value, met in found}
+    assert verdicts["fleet through PgBouncer: server sessions ≤ default_pool_size (6)"] is True
+    assert verdicts["fleet through one PgBouncer (transaction mode, default_pool_size 6): "
+                    "0 failed requests"] is True
+    assert verdicts["uvicorn, slow view: keepalive_mw (defaults, health checks on), server "
+                    "sessions per 100 req/s"] is None
+    missed = {text: met for text, _v, met in bench_run.targets(rows, None, _fleet_results(7, 2))}
+    assert missed["fleet through PgBouncer: server sessions ≤ default_pool_size (6)"] is False
+
+    data = {"timestamp": "test", "summary": rows, "micro": None, "files": [], "targets": found,
+            "config": {"kind": "custom", "rounds": 1, "duration": 3.0, "leak_duration": 3.0,
+                       "max_connections": 100},
+            "machine": _machine(), "fleet": fleet_results, "chaos": _chaos_results()}
+    text = bench_run.markdown(data)
+    assert "| gunicorn sync (2w, 4c) | keepalive_mw through PgBouncer (transaction mode) | 1000 | " \
+           "0.62× |" in text
+    assert "### Slow view: uvicorn, 2 workers, 64 clients" in text
+    assert "| **keepalive_mw (defaults, health checks on)** | 400 | 1.00× | 2.0 | 9.0 | 0 | 96 / 4 " \
+           "| 24.0 | 0.002 |" in text
+    assert "### Fleet: every server at once, one database" in text
+    assert ("| through one PgBouncer (transaction mode, default_pool_size 6) | 900 | 5400 | 0 | 120 | "
+            "6 / 6 | gunicorn sync 225, gunicorn sync 225, gunicorn sync 225, uvicorn 225 |") in text
+    assert "### Chaos: faults under load" in text and "`server_login_retry = 0`" in text
+    assert ("| gunicorn sync | **keepalive_mw (defaults, health checks on)** | 90 / 9000, longest "
+            "0.03 s | 1 / 9100, longest 0.03 s | – |") in text
+    assert ("| gunicorn sync | keepalive_mw through PgBouncer (transaction mode) | 0 / 8000, longest "
+            "0.17 s | – | 7 / 8100, longest 0.04 s |") in text
+    assert "Chaos cell sync/pool/restart failed**: HarnessError: boom" in text
+
+
+def test_chart_draws_the_slow_view_and_the_fleet(tmp_path):
+    import pytest
+
+    from bench import report
+
+    rows = bench_run.aggregate([
+        _run("keepalive_pgbouncer", "sync", 1, 1000), _run("keepalive", "sync", 1, 1600),
+        _run("keepalive", "uvicorn", 1, 400, view="slow", clients=64, conns_peak=96)])
+    data = {"summary": rows, "fleet": _fleet_results(), "config": {"max_connections": 100},
+            "machine": _machine()}
+    groups = report._chart_groups(data)
+    assert [label.splitlines()[0] for label, _bars in groups] == [
+        "gunicorn sync", "uvicorn", "fleet, total: 3 × gunicorn sync + 1 × uvicorn"]
+    assert groups[1][0] == "uvicorn\nslow view, 2 workers, 64 clients"
+    assert set(groups[2][1]) == {"keepalive_pgbouncer", "keepalive"}
+    pytest.importorskip("matplotlib")
+    assert report.chart(data, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
+
+
+def test_chaos_plan_and_pgbouncer_settings():
+    from bench import chaos
+
+    cells = chaos.plan(chaos.VARIANTS_RUN, chaos.SERVERS_RUN, chaos.FAULTS)
+    # PgBouncer restarts only where there is one; CONN_MAX_AGE not under uvicorn (it leaks).
+    assert ("sync", "keepalive", "pgbouncer_restart") not in cells
+    assert ("sync", "keepalive_pgbouncer", "pgbouncer_restart") in cells
+    assert ("uvicorn", "conn_max_age_checks", "restart") not in cells
+    assert ("sync", "conn_max_age_checks", "restart") in cells
+    assert len(cells) == 22
+    args = bench_run.parse_args(["--only", "chaos"])
+    assert args.chaos_pgbouncer == chaos.PGBOUNCER_SETTINGS and args.chaos_duration == 12
+    args = bench_run.parse_args(["--only", "chaos", "--chaos-pgbouncer",
+                                 "server_login_retry=1, query_wait_timeout=5",
+                                 "--chaos-faults", "restart"])
+    assert args.chaos_pgbouncer == {"server_login_retry": "1", "query_wait_timeout": "5"}
+    assert args.chaos_faults == ["restart"]
+    assert bench_run.parse_args(["--chaos-pgbouncer", ""]).chaos_pgbouncer == {}
+
+
+def test_bench_arguments_choose_the_parts():
+    assert bench_run.parse_args([]).parts == ["matrix", "slow", "celery", "micro", "fleet", "chaos"]
+    quick = bench_run.parse_args(["--quick"])
+    assert quick.parts == ["matrix", "slow", "celery", "micro"]
+    assert "keepalive_pgbouncer" in quick.variants
+    assert bench_run.parse_args(["--quick", "--chaos"]).parts[-1] == "chaos"
+    assert bench_run.parse_args(["--quick", "--fleet", "--no-micro"]).parts == [
+        "matrix", "slow", "celery", "fleet"]
+    assert bench_run.parse_args(["--only", "fleet,chaos"]).parts == ["fleet", "chaos"]
+    assert bench_run.parse_args(["--celery-tasks", "0"]).parts == [
+        "matrix", "slow", "micro", "fleet", "chaos"]
+
+
 def _demo(*args):
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "example" / "demo.py"), "--requests", "20",
