@@ -34,6 +34,11 @@ def report(alias: str) -> dict[str, Any]:
         "error": None,
         "pooler": None,
     }
+    if config is not None and (config.pooler or config.pgbouncer_admin is not None):
+        # First: through a saturated pooler the server's part waits in its queue like any
+        # client, and the pools should say how things stood when the report began.
+        result["pooler"] = pooler(wrapper, config)
+        result["warnings"].extend(_mode_mismatch(config.pooler, result["pooler"]["pools"]))
     try:
         if wrapper.vendor == "postgresql":
             result["server"] = _postgresql(wrapper)
@@ -47,11 +52,8 @@ def report(alias: str) -> dict[str, Any]:
         result["error"] = _one_line(exc)
     finally:
         wrapper.close()
-    if config is not None and (config.pooler or config.pgbouncer_admin is not None):
-        result["pooler"] = pooler(wrapper, config)
-        result["warnings"].extend(_mode_mismatch(config.pooler, result["pooler"]["pools"]))
-        if config.pooler == conf.POOLER_TRANSACTION and result["server"]:
-            result["server"]["attribution"] = TRANSACTION_ATTRIBUTION
+    if config is not None and config.pooler == conf.POOLER_TRANSACTION and result["server"]:
+        result["server"]["attribution"] = TRANSACTION_ATTRIBUTION
     return result
 
 
