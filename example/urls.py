@@ -13,4 +13,6 @@ urlpatterns = [
     path("async/", views.async_view),
     path("sleep/", views.sleep),
     path("stream-fail/", views.stream_fail),
+    path("tenant/", views.tenant),
+    path("tenant/set/", views.tenant_set),
 ]
