@@ -190,12 +190,15 @@ def test_keepalive_status_reads_pgbouncer_pools(app):
     assert alias["server"]["sessions"]["count"] >= 1, evidence
 
 
-def status(env, *args, timeout=120):
+def status_command(*args):
     """``manage.py keepalive_status --format json`` for the default alias."""
-    return subprocess.run(
-        [sys.executable, "-m", "django", "keepalive_status", "--database", "default",
-         "--format", "json", *args, "--settings", "example.settings"],
-        env=env, cwd=servers.REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, "-m", "django", "keepalive_status", "--database", "default",
+            "--format", "json", *args, "--settings", "example.settings"]
+
+
+def status(env, *args, timeout=120):
+    return subprocess.run(status_command(*args), env=env, cwd=servers.REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_waiting_clients_fail_the_probe(pgbouncer_ready, pg_database, variant):
@@ -214,9 +217,7 @@ def test_waiting_clients_fail_the_probe(pgbouncer_ready, pg_database, variant):
             servers.wait_for(lambda: _waiting(bouncer, pg_database.name) == 1, 10, 0.05,
                              "the second client to wait")
             probe = subprocess.Popen(
-                [sys.executable, "-m", "django", "keepalive_status", "--database", "default",
-                 "--format", "json", "--fail-on", "cl-waiting>0", "--fail-on", "maxwait>1h",
-                 "--settings", "example.settings"],
+                status_command("--fail-on", "cl-waiting>0", "--fail-on", "maxwait>1h"),
                 env=env, cwd=servers.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True)
             try:
@@ -342,7 +343,7 @@ def test_transaction_mode_reset_session_is_an_error_and_isolates_nothing(
                 f"another client): {rounds}; check: {out}\n{stderr}")
     print(evidence)
     assert code == 1 and "keepalive_mw.E022" in out, evidence
-    assert all(len(seen) == 2 for _body, seen in rounds), evidence  # both sessions read
+    assert all(len(seen) >= 2 for _body, seen in rounds), evidence  # every session read
     assert leaks, f"no tenant outlived its request: {evidence}"
 
 
