@@ -58,7 +58,9 @@ def parse_condition(text: str) -> tuple[str, float]:
         allowed, takes = set(_SECONDS), "a duration in s, m or h, e.g. 30s"
     if unit not in allowed:
         raise usage_error(f"invalid --fail-on {text!r}: {name} takes {takes}.")
-    return name, value * _SECONDS[unit] if allowed == set(_SECONDS) else value
+    if allowed == set(_SECONDS):
+        value *= _SECONDS[unit]
+    return name, value
 
 
 def measure(name: str, rep: dict[str, Any]) -> float | None:
