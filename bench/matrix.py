@@ -19,7 +19,8 @@ VARIANTS = {
     "pgbouncer": ("PgBouncer transaction mode (CONN_MAX_AGE=0)",
                   {"EXAMPLE_VARIANT": "default", **_THROUGH_PGBOUNCER}, True),
     "keepalive_pgbouncer": ("keepalive_mw through PgBouncer (transaction mode)",
-                            {"EXAMPLE_VARIANT": "keepalive", **_THROUGH_PGBOUNCER}, True),
+                            {"EXAMPLE_VARIANT": "keepalive", "KEEPALIVE_POOLER": '"transaction"',
+                             **_THROUGH_PGBOUNCER}, True),
     "keepalive": ("keepalive_mw (defaults, health checks on)", {"EXAMPLE_VARIANT": "keepalive"}, False),
 }
 REFERENCE = "keepalive"

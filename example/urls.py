@@ -14,4 +14,6 @@ urlpatterns = [
     path("slow/", views.slow),
     path("sleep/", views.sleep),
     path("stream-fail/", views.stream_fail),
+    path("tenant/", views.tenant),
+    path("tenant/set/", views.tenant_set),
 ]

@@ -91,6 +91,25 @@ def stream_fail(request):
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+def tenant_set(request):
+    """Leave session state behind, as a per-tenant ``search_path`` would: ``app.tenant``
+    set for the session (``set_config(..., false)``) to ``?t=``. PostgreSQL only."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.tenant', %s, false), pg_backend_pid()",
+                       [request.GET["t"]])
+        tenant, pid = cursor.fetchone()
+    return _text(f"{tenant} {pid}")
+
+
+def tenant(request):
+    """The ``app.tenant`` of the session serving this request ("-" when unset)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(nullif(current_setting('app.tenant', true), ''), '-'),"
+                       " pg_backend_pid()")
+        tenant, pid = cursor.fetchone()
+    return _text(f"{tenant} {pid}")
+
+
 async def async_view(request):
     count = await Row.objects.acount()
     exists = await Row.objects.filter(label="write").aexists()

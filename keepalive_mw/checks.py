@@ -117,9 +117,9 @@ def _conflicts(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
             id="keepalive_mw.W006",
         ))
     overrides = db.get(conf.ALIAS_KEY)
-    if conf.value_for(overrides if isinstance(overrides, dict) else {},
-                      conf.OPTIONS_BY_NAME["RESET_SESSION"]):
-        engine = db.get("ENGINE", "")
+    values = _values(overrides if isinstance(overrides, dict) else {})
+    engine = db.get("ENGINE", "")
+    if values["RESET_SESSION"]:
         if "postgresql" not in engine:
             found.append(checks.Warning(
                 f"KEEPALIVE_RESET_SESSION is only partly supported for alias {alias!r} "
@@ -128,6 +128,82 @@ def _conflicts(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
                 "temporary tables are not. SQLite: nothing is reset.",
                 id="keepalive_mw.W007",
             ))
+    found.extend(_pooler(alias, db, values))
+    return found
+
+
+def _values(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The alias's settings by name; None for an invalid one (reported on its own)."""
+    values = {}
+    for option in conf.OPTIONS:
+        value = conf.value_for(overrides, option)
+        values[option.name] = None if option.validate(value) else value
+    return values
+
+
+def _pooler(alias: str, db: dict[str, Any], values: dict[str, Any]) -> list[checks.CheckMessage]:
+    """Settings that do not fit the pooler (PgBouncer) the alias goes through."""
+    mode = values["POOLER"]
+    where = conf.alias_setting(alias, "POOLER")
+    if mode is None:
+        if values["PGBOUNCER_ADMIN"] is not None:
+            return [checks.Warning(
+                f"Database alias {alias!r} sets PGBOUNCER_ADMIN but no POOLER: "
+                "keepalive_status reads PgBouncer's pools, but the checks cannot judge the "
+                "alias's settings against PgBouncer's pool mode.",
+                hint=f"Set {where} (or KEEPALIVE_POOLER) to PgBouncer's pool_mode, "
+                "'transaction' or 'session'.",
+                id="keepalive_mw.W014",
+            )]
+        return []
+    engine = db.get("ENGINE", "")
+    if "postgresql" not in engine:
+        return [checks.Error(
+            f"Database alias {alias!r} ({engine}) has POOLER {mode!r}, but the poolers it "
+            "names (PgBouncer, PgCat, Odyssey, Supavisor) serve PostgreSQL only.",
+            hint=f"Set {where} = None (KEEPALIVE_POOLER applies to every alias that does "
+            "not override it).",
+            id="keepalive_mw.E020",
+        )]
+    if mode == conf.POOLER_SESSION:
+        bound = values["MAX_CONNECTIONS"]
+        per_process = (f"MAX_CONNECTIONS ({bound})" if bound is not None else
+                       "the most requests a process serves at once (its threads; MAX_CONNECTIONS "
+                       "is unset)")
+        return [checks.Warning(
+            f"Database alias {alias!r} goes through a pooler in session mode: each connection "
+            "keepalive_mw keeps pins one of the pooler's server connections for as long as it "
+            "is kept.",
+            hint="Size PgBouncer's default_pool_size (per database and user) to at least "
+            f"processes per host x {per_process} x hosts, or clients queue until "
+            "query_wait_timeout; set KEEPALIVE_MAX_CONNECTIONS to bound each process, or use "
+            "transaction mode. Silence this with SILENCED_SYSTEM_CHECKS once sized.",
+            id="keepalive_mw.W013",
+        )]
+    found: list[checks.CheckMessage] = []
+    if not db.get("DISABLE_SERVER_SIDE_CURSORS"):
+        found.append(checks.Error(
+            f"Database alias {alias!r} goes through a pooler in transaction mode but does not "
+            "set DISABLE_SERVER_SIDE_CURSORS = True.",
+            hint="QuerySet.iterator() outside atomic() declares a server-side cursor WITH HOLD "
+            "and fetches from it in later transactions, which the pooler may send to another "
+            "server session, where the cursor does not exist (Django's docs: \"Transaction "
+            f"pooling and server-side cursors\"). Set DATABASES[{alias!r}]"
+            "['DISABLE_SERVER_SIDE_CURSORS'] = True.",
+            id="keepalive_mw.E021",
+        ))
+    if values["RESET_SESSION"]:
+        found.append(checks.Error(
+            f"Database alias {alias!r} resets sessions (RESET_SESSION) through a pooler in "
+            "transaction mode: the reset runs on whichever server session the pooler hands "
+            "out for it, not on the ones the request used.",
+            hint="Its statements (RESET ALL, pg_advisory_unlock_all(), DISCARD TEMP...) may "
+            "clear the state another client left on that session and leave this request's "
+            "for the next client of its own: the reset promises what transaction mode cannot "
+            f"keep. Set {conf.alias_setting(alias, 'RESET_SESSION')} = False and keep session "
+            "state out of requests (SET LOCAL, pg_advisory_xact_lock), or use session mode.",
+            id="keepalive_mw.E022",
+        ))
     return found
 
 

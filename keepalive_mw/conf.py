@@ -17,9 +17,17 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import connections
 
+from . import pgbouncer
+
 COMMIT_ON_SUCCESS = "commit_on_success"
 ROLLBACK = "rollback"
 END_OF_REQUEST_POLICIES = (COMMIT_ON_SUCCESS, ROLLBACK)
+
+# Pool modes of a connection pooler in front of the database (PgBouncer's pool_mode names,
+# which PgCat, Odyssey and Supavisor use too). None: keepalive_mw talks to the database.
+POOLER_TRANSACTION = "transaction"
+POOLER_SESSION = "session"
+POOL_MODES = (POOLER_TRANSACTION, POOLER_SESSION)
 
 MIDDLEWARE_PATH = "keepalive_mw.middleware.KeepAliveMiddleware"
 SETTING_PREFIX = "KEEPALIVE_"
@@ -54,6 +62,12 @@ def _policy(value: Any) -> str | None:
     return "must be one of %s" % ", ".join(repr(p) for p in END_OF_REQUEST_POLICIES)
 
 
+def _pool_mode(value: Any) -> str | None:
+    if value is None or value in POOL_MODES:
+        return None
+    return "must be None, %s (the pooler's pool_mode)" % " or ".join(repr(m) for m in POOL_MODES)
+
+
 def _count_or_none(value: Any) -> str | None:
     if value is None:
         return None
@@ -71,6 +85,8 @@ class Option:
     validate: Callable[[Any], str | None]
     check_id: str
     meaning: str
+    # How reports show the value (None: as it is): a secret is never printed.
+    shown: Callable[[Any], Any] | None = None
 
     @property
     def setting(self) -> str:
@@ -102,6 +118,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("LEAK_THRESHOLD", None, lambda v: _number_or_none(v, positive=True), "E013",
            "seconds a thread may hold a connection outside any request or unit of work "
            "before a warning says where it took it; None: never"),
+    Option("POOLER", None, _pool_mode, "E018",
+           "pool mode of the pooler (PgBouncer) the alias connects through: 'transaction' "
+           "or 'session'; None: straight to the database"),
+    Option("PGBOUNCER_ADMIN", None, pgbouncer.problem, "E019",
+           "PgBouncer's admin console for keepalive_status (SHOW POOLS): a libpq connection "
+           "string or dict; host, port, user and password default to the alias's; None: "
+           "not read", shown=pgbouncer.redacted),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -135,9 +158,16 @@ class AliasConfig:
     wait_timeout: float
     connect_retry: float
     leak_threshold: float | None
+    pooler: str | None
+    pgbouncer_admin: str | dict[str, Any] | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {option.name: getattr(self, option.name.lower()) for option in OPTIONS}
+        """The settings by name, as reports show them (secrets hidden)."""
+        values = {}
+        for option in OPTIONS:
+            value = getattr(self, option.name.lower())
+            values[option.name] = option.shown(value) if option.shown else value
+        return values
 
 
 def global_value(option: Option) -> Any:

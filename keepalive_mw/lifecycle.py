@@ -78,7 +78,7 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
         pool.forget()  # in-memory databases die with their connection: Django keeps them
         return wrapper
     _keep(wrapper, pool)
-    attribution.install(wrapper)
+    attribution.install(wrapper, per_process=config.pooler != conf.POOLER_TRANSACTION)
     units.track(wrapper)
     return wrapper
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import connections
 
-from . import attribution, conf
+from . import attribution, conf, pgbouncer
 
 SCHEMA_VERSION = 1
 STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)", "other")
@@ -32,7 +32,13 @@ def report(alias: str) -> dict[str, Any]:
         "warnings": warnings(alias, config),
         "server": None,
         "error": None,
+        "pooler": None,
     }
+    if config is not None and (config.pooler or config.pgbouncer_admin is not None):
+        # First: through a saturated pooler the server's part waits in its queue like any
+        # client, and the pools should say how things stood when the report began.
+        result["pooler"] = pooler(wrapper, config)
+        result["warnings"].extend(_mode_mismatch(config.pooler, result["pooler"]["pools"]))
     try:
         if wrapper.vendor == "postgresql":
             result["server"] = _postgresql(wrapper)
@@ -43,12 +49,60 @@ def report(alias: str) -> dict[str, Any]:
         else:
             result["error"] = f"no server report for the {wrapper.vendor} backend"
     except Exception as exc:  # an unreachable server is a finding, not a crash
-        # The first line says what failed; drivers add advice on further lines.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        result["error"] = " ".join(first.split()) or exc.__class__.__name__
+        result["error"] = _one_line(exc)
     finally:
         wrapper.close()
+    if config is not None and config.pooler == conf.POOLER_TRANSACTION and result["server"]:
+        result["server"]["attribution"] = TRANSACTION_ATTRIBUTION
     return result
+
+
+# Through a pooler, pg_stat_activity shows the pooler's server sessions.
+SESSIONS_NOTE = {
+    conf.POOLER_TRANSACTION: "the app's processes hold client connections to the pooler; "
+    "the server sessions below are the pooler's, shared by all its clients and lent to one "
+    "for a transaction at a time",
+    conf.POOLER_SESSION: "the app's processes hold client connections to the pooler; each "
+    "server session below is the pooler's, lent to one client connection for as long as it "
+    "stays connected",
+    None: "PGBOUNCER_ADMIN is set but POOLER is not: the sessions below may be the pooler's",
+}
+TRANSACTION_ATTRIBUTION = ("application_name of the client connection that used each server "
+                           "session last (the pooler sets it per transaction)")
+
+
+def pooler(wrapper: Any, config: conf.AliasConfig) -> dict[str, Any]:
+    """What the pooler in front of the alias says: its pools, given PGBOUNCER_ADMIN."""
+    result: dict[str, Any] = {
+        "mode": config.pooler,
+        "sessions_note": SESSIONS_NOTE[config.pooler],
+        "pools": None,
+        "error": None,
+    }
+    if config.pgbouncer_admin is None or wrapper.vendor != "postgresql":
+        return result
+    try:
+        params = pgbouncer.connect_params(wrapper.settings_dict, config.pgbouncer_admin,
+                                          wrapper.Database)
+        result["pools"] = pgbouncer.show_pools(wrapper.Database, params,
+                                               wrapper.settings_dict["NAME"])
+    except Exception as exc:  # as for the server: a finding, in one line
+        result["error"] = _one_line(exc)
+    return result
+
+
+def _mode_mismatch(mode: str | None, pools: list[dict[str, Any]] | None) -> list[str]:
+    modes = sorted({pool["pool_mode"] for pool in pools or () if pool["pool_mode"]})
+    if mode is None or not modes or modes == [mode]:
+        return []
+    return [f"POOLER is {mode!r} but PgBouncer pools this database in "
+            f"{' and '.join(modes)} mode: the checks judged the settings against the wrong mode"]
+
+
+def _one_line(exc: Exception) -> str:
+    """The first line of an error: what failed (drivers add advice on further lines)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return " ".join(first.split()) or exc.__class__.__name__
 
 
 def warnings(alias: str, config: conf.AliasConfig | None) -> list[str]:
@@ -89,7 +143,7 @@ def _session(
         "state_seconds": in_state,
         "transaction_seconds": transaction,
         "client": client,
-        "process": f"{origin.host}:{origin.pid}" if origin else None,
+        "process": f"{origin.host}:{origin.pid}" if origin and origin.pid is not None else None,
         "application_name": name,
     }
 

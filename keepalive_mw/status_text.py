@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .pgbouncer import POOL_COUNTS
+
 WIDTH = 100
 LABEL = 12
 
@@ -39,7 +41,8 @@ def _line(label: str, text: str) -> str:
 
 def _settings(values: dict[str, Any]) -> str:
     bound = values["MAX_CONNECTIONS"]
-    return " · ".join([
+    pooler = [f"pooler {values['POOLER']} mode"] if values.get("POOLER") else []
+    return " · ".join(pooler + [
         f"max age {_seconds(values['MAX_AGE'])}",
         f"health checks {'on' if values['HEALTH_CHECKS'] else 'off'}",
         f"ping after {_seconds(values['PING_AFTER'])} (timeout {_seconds(values['PING_TIMEOUT'])})",
@@ -62,6 +65,20 @@ def _headroom(room: dict[str, Any]) -> str:
     return text
 
 
+def _pools(pooler: dict[str, Any], style: Any) -> list[str]:
+    if pooler["error"]:
+        # One line, whatever its length, as for the server.
+        return [style.ERROR(f"  {'pgbouncer':<{LABEL - 2}}unreachable: {pooler['error']}")]
+    if pooler["pools"] is None:
+        return []
+    if not pooler["pools"]:
+        return [_line("pools", "PgBouncer has no pool of this database yet")]
+    return [_line("pools", f"{pool['database']}/{pool['user']} ({pool['pool_mode']}): " +
+                  " · ".join(f"{name} {pool[name]}" for name in POOL_COUNTS) +
+                  f" · maxwait {_seconds(pool['maxwait'])}")
+            for pool in pooler["pools"]]
+
+
 def _who(session: dict[str, Any]) -> str:
     return session["process"] or session["client"] or "?"
 
@@ -75,6 +92,9 @@ def render(reports: list[dict[str, Any]], failed: list[dict[str, Any]], style: A
             out.append(_line("settings", _settings(rep["settings"])))
         for warning in rep["warnings"]:
             out.append(style.WARNING(_line("warning", warning)))
+        if rep.get("pooler"):
+            out.append(_line("pooler", rep["pooler"]["sessions_note"]))
+            out.extend(_pools(rep["pooler"], style))
         if rep["error"]:
             # One line, whatever its length: the reason must stay whole and greppable.
             out.append(style.ERROR(f"  {'error':<{LABEL - 2}}unreachable: {rep['error']}"))

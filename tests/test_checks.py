@@ -50,6 +50,9 @@ def test_default_test_settings_pass():
     ("KEEPALIVE_CELERY", "yes", "keepalive_mw.E014"),
     ("KEEPALIVE_CHANNELS", 1, "keepalive_mw.E015"),
     ("KEEPALIVE_DJANGO_TASKS", None, "keepalive_mw.E016"),
+    ("KEEPALIVE_POOLER", "statement", "keepalive_mw.E018"),
+    ("KEEPALIVE_PGBOUNCER_ADMIN", "dbname=test", "keepalive_mw.E019"),
+    ("KEEPALIVE_PGBOUNCER_ADMIN", ["user=stats"], "keepalive_mw.E019"),
 ])
 def test_each_invalid_setting_has_its_error(name, value, check_id):
     with override_settings(**{name: value}):
@@ -66,7 +69,7 @@ def test_each_invalid_setting_has_its_error(name, value, check_id):
     ("KEEPALIVE_CONNECT_RETRY", 0), ("KEEPALIVE_CONNECT_RETRY", 2.5),
     ("KEEPALIVE_LEAK_THRESHOLD", None), ("KEEPALIVE_LEAK_THRESHOLD", 0.5),
     ("KEEPALIVE_CELERY", False), ("KEEPALIVE_CHANNELS", False),
-    ("KEEPALIVE_DJANGO_TASKS", False),
+    ("KEEPALIVE_DJANGO_TASKS", False), ("KEEPALIVE_POOLER", None),
 ])
 def test_valid_values_pass(name, value):
     with override_settings(**{name: value}):
@@ -168,3 +171,63 @@ def test_task_results_on_a_manual_commit_alias_are_reported(monkeypatch):
     monkeypatch.setattr(django_tasks, "manual_commit_result_aliases", lambda: ["pg_manual"])
     messages = checks.check_integrations()
     assert ids(messages) == ["keepalive_mw.W012"] and "'pg_manual'" in messages[0].msg
+
+
+def pooled(alias="default", no_cursors=False, **keepalive):
+    """The alias with KEEPALIVE overrides (a pooler...) and, with ``no_cursors``,
+    DISABLE_SERVER_SIDE_CURSORS = True."""
+    extra = {"DISABLE_SERVER_SIDE_CURSORS": True} if no_cursors else {}
+    return with_database(alias, KEEPALIVE=keepalive, **extra)
+
+
+def test_transaction_mode_needs_server_side_cursors_disabled():
+    with pooled(POOLER="transaction"):
+        messages = checks.check_databases()
+    assert ids(messages) == ["keepalive_mw.E021"]
+    assert "DISABLE_SERVER_SIDE_CURSORS" in messages[0].msg
+    assert "WITH HOLD" in messages[0].hint
+    with pooled(POOLER="transaction", no_cursors=True):
+        assert checks.check_databases() == []
+
+
+def test_transaction_mode_and_reset_session_is_an_error():
+    with pooled(POOLER="transaction", RESET_SESSION=True, no_cursors=True):
+        messages = checks.check_databases()
+    assert ids(messages) == ["keepalive_mw.E022"]
+    assert "whichever server session" in messages[0].msg
+    assert 'DATABASES["default"]["KEEPALIVE"]["RESET_SESSION"] = False' in messages[0].hint
+
+
+def test_session_mode_warns_with_sizing_advice():
+    with pooled(POOLER="session", RESET_SESSION=True):
+        (message,) = checks.check_databases()
+    assert message.id == "keepalive_mw.W013"
+    assert "default_pool_size" in message.hint and "MAX_CONNECTIONS is unset" in message.hint
+    with pooled(POOLER="session", MAX_CONNECTIONS=4):
+        (message,) = checks.check_databases()
+    assert "x MAX_CONNECTIONS (4) x hosts" in message.hint
+
+
+def test_pooler_on_another_backend_is_an_error():
+    with pooled("mysql", POOLER="session"):
+        messages = checks.check_databases()
+    assert ids(messages) == ["keepalive_mw.E020"]
+    assert "'mysql'" in messages[0].msg
+    with override_settings(KEEPALIVE_POOLER="transaction"):  # every alias, then
+        found = ids(checks.check_databases())
+    assert found.count("keepalive_mw.E020") == 3  # mysql, mysql_manual, sqlite
+    assert found.count("keepalive_mw.E021") == 3  # default, pg_manual, pg_proxy
+
+
+def test_pgbouncer_admin_without_pooler_warns():
+    with pooled(PGBOUNCER_ADMIN="user=stats"):
+        assert ids(checks.check_databases()) == ["keepalive_mw.W014"]
+    with pooled(PGBOUNCER_ADMIN="user=stats", POOLER="transaction", no_cursors=True):
+        assert checks.check_databases() == []
+
+
+def test_invalid_pooler_per_alias_names_the_setting_as_written():
+    with pooled(POOLER="statement"):
+        (message,) = checks.check_databases()
+    assert message.id == "keepalive_mw.E018"
+    assert message.msg.startswith('DATABASES["default"]["KEEPALIVE"]["POOLER"] must be None')

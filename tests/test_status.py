@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from keepalive_mw import attribution, status_text
+from keepalive_mw import attribution, pgbouncer, status_text
 from keepalive_mw.status import _usage
 from tests.helpers import in_thread, my_admin, wsgi_get
 
@@ -143,9 +143,14 @@ def test_risky_settings_are_warned_about():
     (["--fail-on", "slowness>5s"], "idle-in-transaction, transaction, usage"),
     (["--fail-on", "usage>5s"], "usage takes a percentage"),
     (["--fail-on", "connections>5%"], "connections takes a count"),
+    (["--fail-on", "cl-waiting>5s"], "cl-waiting takes a count"),
+    (["--fail-on", "maxwait>5%"], "maxwait takes a duration"),
+    (["--fail-on", "cl_waiting>0"], "no alias reported \\(default\\) sets PGBOUNCER_ADMIN"),
     (["--watch", "0"], "greater than 0"),
 ])
 def test_bad_arguments_are_command_errors_with_the_choices(args, message):
+    if args[-1] == "cl_waiting>0":
+        args = ["--database", "default", *args]
     with pytest.raises(CommandError, match=message) as raised:
         call_command("keepalive_status", *args, stdout=io.StringIO())
     assert raised.value.returncode == 3  # Nagios UNKNOWN, not 1 (a condition holds)
@@ -197,7 +202,7 @@ def test_json_schema_is_stable():
                            "exit_status"}
     for alias in report["aliases"]:
         assert set(alias) == {"alias", "vendor", "managed", "settings", "warnings", "server",
-                              "error"}
+                              "error", "pooler"}
         server = alias["server"]
         if alias["error"] or alias["vendor"] == "sqlite":
             continue
@@ -223,3 +228,105 @@ def test_application_name_keeps_the_configured_name_first():
     long_name = attribution.application_name("y" * 40, 12345)
     assert long_name.startswith("y" * 40) and attribution.origin(long_name).pid == 12345
     assert attribution.origin("psql") is None
+
+
+def test_through_a_transaction_pooler_every_process_sends_the_same_name():
+    """The pooler sends SET application_name whenever it lends a server session to a
+    client whose name differs from the last one's: one name for all processes costs none."""
+    name = attribution.application_name("billing-web", 77, per_process=False)
+    assert name == attribution.application_name("billing-web", 78, per_process=False)
+    assert name == "billing-web keepalive_mw"
+    assert attribution.origin(name) == ("billing-web", None, None)
+    assert len(attribution.application_name("x" * 200, per_process=False).encode()) <= 63
+
+
+POOLS = [
+    {"database": "test", "user": "postgres", "pool_mode": "transaction", "cl_active": 8,
+     "cl_waiting": 3, "sv_active": 2, "sv_idle": 0, "maxwait": 2.5},
+    {"database": "test", "user": "report", "pool_mode": "transaction", "cl_active": 1,
+     "cl_waiting": 1, "sv_active": 1, "sv_idle": 1, "maxwait": 0.25},
+]
+
+
+@pytest.fixture
+def pgbouncer_pools(monkeypatch, settings):
+    """The default alias goes through PgBouncer in transaction mode, whose console says
+    POOLS; the parameters keepalive_status connected with are recorded."""
+    settings.KEEPALIVE_POOLER = "transaction"
+    settings.KEEPALIVE_PGBOUNCER_ADMIN = {"user": "stats", "password": "s3cret", "port": 6432}
+    asked = []
+
+    def show_pools(driver, params, dbname):
+        asked.append((driver.__name__, params, dbname))
+        return [dict(pool, database=dbname) for pool in POOLS]
+
+    monkeypatch.setattr(pgbouncer, "show_pools", show_pools)
+    return asked
+
+
+def test_pgbouncer_pools_are_reported(pgbouncer_pools):
+    code, report = status_json("--database", "default")
+    (alias,) = report["aliases"]
+    ((driver, params, dbname),) = pgbouncer_pools
+    db = connections["default"].settings_dict
+    assert (driver, dbname) == ("psycopg", db["NAME"])
+    assert params == {"connect_timeout": 5, "host": db["HOST"], "port": 6432, "user": "stats",
+                      "password": "s3cret", "dbname": "pgbouncer"}
+    pooler = alias["pooler"]
+    assert code == 0 and pooler["mode"] == "transaction" and pooler["error"] is None
+    assert [p["user"] for p in pooler["pools"]] == ["postgres", "report"]
+    assert "shared by all its clients" in pooler["sessions_note"]
+    assert alias["server"]["attribution"].startswith("application_name of the client")
+    assert alias["settings"]["PGBOUNCER_ADMIN"]["password"] == "********"
+    assert "s3cret" not in json.dumps(report)
+    code, out = status("--database", "default")
+    assert all(len(line) <= 100 for line in out.splitlines())
+    assert f"{db['NAME']}/postgres (transaction): cl_active 8 · cl_waiting 3 · sv_active 2" in out
+    assert "maxwait 2.5 s" in out and "pooler transaction mode" in out
+    assert "s3cret" not in out
+
+
+def test_pgbouncer_conditions_set_the_exit_status(pgbouncer_pools):
+    assert status("--database", "default", "--fail-on", "cl-waiting>3")[0] == 1  # 3 + 1
+    assert status("--database", "default", "--fail-on", "cl_waiting>4")[0] == 0
+    assert status("--database", "default", "--fail-on", "maxwait>2s")[0] == 1
+    assert status("--database", "default", "--fail-on", "maxwait>1m")[0] == 0
+    code, report = status_json("--database", "default", "--fail-on", "maxwait>2s")
+    assert report["failed_conditions"] == [
+        {"alias": "default", "condition": "maxwait", "value": 2.5, "limit": 2.0}]
+    out = status("--database", "default", "--fail-on", "cl-waiting>0")[1]
+    assert "FAIL default: cl-waiting is 4, over 0" in out
+
+
+def test_pool_mode_other_than_pooler_is_a_warning(pgbouncer_pools, settings):
+    settings.KEEPALIVE_POOLER = "session"
+    warnings = status_json("--database", "default")[1]["aliases"][0]["warnings"]
+    assert ("POOLER is 'session' but PgBouncer pools this database in transaction mode: "
+            "the checks judged the settings against the wrong mode") in warnings
+
+
+def test_unreachable_pgbouncer_console_is_one_line_and_exit_status_2(settings):
+    settings.KEEPALIVE_POOLER = "session"
+    settings.KEEPALIVE_PGBOUNCER_ADMIN = "port=1"  # nothing listens there
+    code, out = status("--database", "default")
+    assert code == 2
+    (line,) = [line for line in out.splitlines() if "unreachable" in line]
+    assert line.strip().startswith("pgbouncer") and "Traceback" not in out
+    code, report = status_json("--database", "default")
+    alias = report["aliases"][0]
+    assert code == 2 and alias["error"] is None and alias["pooler"]["error"]
+
+
+def test_pooler_without_console_says_whose_sessions_these_are(settings):
+    settings.KEEPALIVE_POOLER = "session"
+    code, report = status_json("--database", "default")
+    pooler = report["aliases"][0]["pooler"]
+    assert code == 0 and pooler["pools"] is None and pooler["error"] is None
+    assert "lent to one client connection" in pooler["sessions_note"]
+    out = status("--database", "default")[1]
+    assert "each server session below is the pooler's" in " ".join(out.split())
+
+
+def test_direct_aliases_have_no_pooler_entry():
+    report = status_json("--database", "default")[1]
+    assert report["aliases"][0]["pooler"] is None

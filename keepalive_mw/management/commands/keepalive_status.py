@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from keepalive_mw import status
+from keepalive_mw import conf, status
 
 # --fail-on conditions: name -> (what it measures, unit kind).
 CONDITIONS = {
@@ -21,7 +21,11 @@ CONDITIONS = {
     "usage": "connections in use on the server against max_connections",
     "app-usage": "this application's connections against max_connections",
     "connections": "this application's connections",
+    "cl-waiting": "clients waiting for a server connection in PgBouncer (needs PGBOUNCER_ADMIN)",
+    "maxwait": "longest wait of a client in PgBouncer's queue (needs PGBOUNCER_ADMIN)",
 }
+# Conditions read from PgBouncer's SHOW POOLS rather than from the database server.
+POOL_CONDITIONS = ("cl-waiting", "maxwait")
 _CONDITION = re.compile(r"^(?P<name>[a-z-]+)>(?P<value>\d+(?:\.\d+)?)(?P<unit>s|m|h|%)?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
 
@@ -38,7 +42,8 @@ def usage_error(message: str) -> CommandError:
 
 def parse_condition(text: str) -> tuple[str, float]:
     """Parse ``NAME>VALUE[unit]`` into (name, limit in seconds, percent or count)."""
-    match = _CONDITION.match(text.replace(" ", ""))
+    # PgBouncer's own column names (cl_waiting) are accepted as written.
+    match = _CONDITION.match(text.replace(" ", "").replace("_", "-"))
     if not match or match["name"] not in CONDITIONS:
         raise usage_error(
             f"invalid --fail-on {text!r}: use NAME>VALUE with NAME one of "
@@ -47,17 +52,29 @@ def parse_condition(text: str) -> tuple[str, float]:
     name, value, unit = match["name"], float(match["value"]), match["unit"]
     if name in ("usage", "app-usage"):
         allowed, takes = {"%", None}, "a percentage, e.g. 80%"
-    elif name == "connections":
+    elif name in ("connections", "cl-waiting"):
         allowed, takes = {None}, "a count, e.g. 50"
     else:
         allowed, takes = set(_SECONDS), "a duration in s, m or h, e.g. 30s"
-        value *= _SECONDS[unit]
     if unit not in allowed:
         raise usage_error(f"invalid --fail-on {text!r}: {name} takes {takes}.")
+    if allowed == set(_SECONDS):
+        value *= _SECONDS[unit]
     return name, value
 
 
-def measure(name: str, server: dict[str, Any]) -> float:
+def measure(name: str, rep: dict[str, Any]) -> float | None:
+    """The value of condition ``name`` for one alias's report; None when not reported."""
+    if name in POOL_CONDITIONS:
+        pools = (rep["pooler"] or {}).get("pools")
+        if pools is None:
+            return None
+        if name == "cl-waiting":
+            return sum(pool["cl_waiting"] or 0 for pool in pools)
+        return max((pool["maxwait"] or 0 for pool in pools), default=0)
+    server = rep["server"]
+    if server is None or "sessions" not in server:
+        return None
     sessions = server["sessions"]
     if name == "idle-in-transaction":
         return max((s["state_seconds"] or 0 for s in sessions["idle_in_transaction"]), default=0)
@@ -98,7 +115,7 @@ class Command(BaseCommand):
                             help="Refresh every SECONDS until interrupted.")
         parser.add_argument("--fail-on", action="append", default=[], metavar="CONDITION",
                             help="Exit with status 1 when CONDITION holds, e.g. "
-                            "idle-in-transaction>30s, usage>80%%, connections>50. "
+                            "idle-in-transaction>30s, usage>80%%, connections>50, maxwait>5s. "
                             "Names: " + ", ".join(CONDITIONS) + ".")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -108,6 +125,7 @@ class Command(BaseCommand):
         aliases = [options["database"]] if options["database"] else list(connections)
         while True:
             try:
+                self.check_pool_conditions(aliases, conditions)
                 code = self.run_once(aliases, options["format"], conditions)
             except ImproperlyConfigured as exc:  # an invalid KEEPALIVE_* setting
                 raise usage_error(str(exc)) from None
@@ -120,19 +138,31 @@ class Command(BaseCommand):
         if code:
             sys.exit(code)
 
+    def check_pool_conditions(self, aliases: list[str],
+                              conditions: list[tuple[str, float]]) -> None:
+        """A condition on PgBouncer's pools needs an alias whose console can be read."""
+        asked = [name for name, _limit in conditions if name in POOL_CONDITIONS]
+        if not asked:
+            return
+        configs = [conf.config_for(alias) for alias in aliases]
+        if not any(config and config.pgbouncer_admin is not None for config in configs):
+            raise usage_error(
+                f"--fail-on {asked[0]} reads PgBouncer's SHOW POOLS, and no alias reported "
+                f"({', '.join(aliases)}) sets PGBOUNCER_ADMIN: set "
+                "DATABASES[alias][\"KEEPALIVE\"][\"PGBOUNCER_ADMIN\"] (see keepalive_status "
+                "in the README).")
+
     def run_once(self, aliases: list[str], fmt: str, conditions: list[tuple[str, float]]) -> int:
         reports = [status.report(alias) for alias in aliases]
         failed = []
         for rep in reports:
-            server = rep["server"]
-            if server is None or "sessions" not in server:
-                continue
             for name, limit in conditions:
-                value = measure(name, server)
-                if value > limit:
+                value = measure(name, rep)
+                if value is not None and value > limit:
                     failed.append({"alias": rep["alias"], "condition": name,
                                    "value": value, "limit": limit})
-        unreachable = [rep for rep in reports if rep["error"]]
+        unreachable = [rep for rep in reports
+                       if rep["error"] or (rep["pooler"] and rep["pooler"]["error"])]
         code = EXIT_UNREACHABLE if unreachable else EXIT_CONDITION if failed else 0
         if fmt == "json":
             document = {"schema_version": status.SCHEMA_VERSION, "generated_at":
