@@ -18,7 +18,7 @@ def test_defaults():
         "MAX_AGE": 600, "HEALTH_CHECKS": True, "PING_AFTER": 30.0, "PING_TIMEOUT": 5.0,
         "IDLE_TIMEOUT": 300.0, "END_OF_REQUEST": "commit_on_success",
         "RESET_SESSION": False, "MAX_CONNECTIONS": None, "WAIT_TIMEOUT": 30.0, "CONNECT_RETRY": 10.0,
-        "LEAK_THRESHOLD": None,
+        "LEAK_THRESHOLD": None, "RELEASE": "request",
     }
 
 
