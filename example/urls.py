@@ -12,5 +12,6 @@ urlpatterns = [
     path("stream/", views.stream),
     path("async/", views.async_view),
     path("sleep/", views.sleep),
+    path("slow/", views.slow),
     path("stream-fail/", views.stream_fail),
 ]

@@ -1,6 +1,7 @@
 """Views of the example project. They never commit: with EXAMPLE_AUTOCOMMIT=0 the
 end-of-request handling (keepalive_mw's commit) is what persists writes."""
 
+import asyncio
 import os
 import time
 
@@ -77,6 +78,17 @@ def sleep(request):
     Row.objects.create(label="sleep")
     time.sleep(seconds)
     return _text(backend_pid())
+
+
+async def slow(request):
+    """An async view that awaits another service between two queries: a count, ``?ms=``
+    milliseconds of await (default 100, at most 5000), the last row. In release mode
+    "transaction" it holds no database session while it waits."""
+    milliseconds = min(float(request.GET.get("ms", "100")), 5000.0)
+    count = await Row.objects.acount()
+    await asyncio.sleep(milliseconds / 1000)
+    last = await Row.objects.order_by("-id").values_list("id", flat=True).afirst()
+    return _text(f"rows={count} last={last}")
 
 
 def stream_fail(request):
