@@ -23,8 +23,10 @@ autocommit: one transaction each) per request on one alias, with one alias confi
 * ``keepalive`` (RELEASE "request") and ``keepalive_tx`` (RELEASE "transaction"): the
   request signals around them, as above.
 
-The library's cost per request is the mode's time less ``bare``'s; the queries' own cost
-(SQLite files by default: microseconds) cancels out.
+The library's cost per request is the mode's time less the same queries alone, timed in
+the same process, interleaved (in keepalive_mw's processes outside any unit of work, where
+the thread keeps its session: what remains there of the library, in transaction mode the
+cursor counting, is not counted). The queries' own cost cancels out.
 
 ``python -m bench.micro`` prints the figures for SQLite files (no server needed).
 """
@@ -112,14 +114,16 @@ def _child(spec: dict) -> dict:
         def query_loop(queries, n, around=True):
             t0 = time.perf_counter()
             for _ in range(n):
-                started(None)
+                if around:
+                    started(None)
                 connections["default"]
                 for _ in range(queries):
                     with connections["default"].cursor() as cursor:
                         cursor.execute("SELECT 1")
                         cursor.fetchone()
-                set_outcome(succeeded)
-                finished(None)
+                if around:
+                    set_outcome(succeeded)
+                    finished(None)
             return time.perf_counter() - t0
     else:
         def warm(used):
@@ -168,7 +172,9 @@ def _child(spec: dict) -> dict:
     # Requests running queries (one alias configured only): the modes' cost with queries.
     query_timings: dict[str, dict[int, list[float]]] = {}
     if spec.get("queries") and len(aliases) == 1:
-        query_modes = ["django", "bare"] if mode == "django" else [mode]
+        # "bare" in every child: the cost of the queries in that very process, interleaved
+        # with the mode's own loop, so that machine drift cancels out.
+        query_modes = [mode, "bare"]
         query_timings = {m: {q: [] for q in spec["queries"]} for m in query_modes}
         warm(aliases[:1])
         for _ in range(spec["repeats"]):
@@ -251,12 +257,21 @@ def summarize(results: list, backend_kind: str) -> dict:
     rows = []
     query_rows = []
     for r in results:
-        for qmode, by_q in r.get("query_cases", {}).items():
+        cases = r.get("query_cases", {})
+        bare = cases.get("bare", {})
+        for qmode, by_q in cases.items():
+            if qmode == "bare" and r["mode"] != "django":
+                continue  # shown once: from the process without keepalive_mw
             for q, case in by_q.items():
-                query_rows.append({"mode": qmode, "queries": int(q),
-                                   "us_per_request": round(case["us_min"], 3),
-                                   "us_median": round(case["us_median"], 3),
-                                   "runs_us": [round(x, 3) for x in case["runs"]]})
+                row = {"mode": qmode, "queries": int(q),
+                       "us_per_request": round(case["us_min"], 3),
+                       "us_median": round(case["us_median"], 3),
+                       "runs_us": [round(x, 3) for x in case["runs"]]}
+                if qmode != "bare" and q in bare:
+                    # Less the same queries alone, timed in the same process.
+                    row["library_us"] = round(case["us_min"] - bare[q]["us_min"], 3)
+                    row["bare_us"] = round(bare[q]["us_min"], 3)
+                query_rows.append(row)
         for used, case in r["cases"].items():
             # Best of the repeats (as timeit advises): the least disturbed by other processes.
             rows.append({"mode": r["mode"], "configured": r["configured"], "used": int(used),
@@ -265,10 +280,6 @@ def summarize(results: list, backend_kind: str) -> dict:
                          "runs_us": [round(x, 3) for x in case["runs"]]})
     rows.sort(key=lambda row: (MODES.index(row["mode"]), row["configured"], row["used"]))
     query_rows.sort(key=lambda row: (QUERY_MODES.index(row["mode"]), row["queries"]))
-    bare = {row["queries"]: row["us_per_request"] for row in query_rows if row["mode"] == "bare"}
-    for row in query_rows:
-        if row["queries"] in bare:
-            row["library_us"] = round(row["us_per_request"] - bare[row["queries"]], 3)
 
     def get(mode, configured, used):
         for row in rows:
@@ -348,7 +359,7 @@ def markdown(micro: dict) -> str:
                            None)
                 if row is None:
                     cells.append("–")
-                elif mode == "bare" or "library_us" not in row:
+                elif "library_us" not in row:
                     cells.append(f"{row['us_per_request']:.2f}")
                 else:
                     cells.append(f"{row['us_per_request']:.2f} ({row['library_us']:+.2f})")
