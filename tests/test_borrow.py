@@ -539,6 +539,7 @@ def test_hold_session_keeps_session_state_for_its_block():
     assert in_unit(work) == (True, "4321ms", True, True)
 
 
+@override_settings(KEEPALIVE_RELEASE="request")
 def test_hold_session_is_a_no_op_in_request_mode():
     def work():
         with keepalive_mw.hold_session():
@@ -619,7 +620,7 @@ def test_per_alias_release_mode_and_atomic_requests():
         default={"KEEPALIVE": {"RELEASE": TRANSACTION}, "ATOMIC_REQUESTS": True},
         mysql={"KEEPALIVE": {"RELEASE": "request"}},
     )
-    with override_settings(DATABASES=databases):
+    with override_settings(DATABASES=databases, KEEPALIVE_RELEASE="request"):
         messages = checks.check_databases()
         assert [m.id for m in messages] == ["keepalive_mw.W017"]
         assert 'DATABASES["default"]["KEEPALIVE"]["RELEASE"]' in messages[0].msg

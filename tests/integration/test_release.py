@@ -45,14 +45,21 @@ def test_slow_async_view_holds_sessions_only_while_it_queries(pg_database, varia
         assert sampler.peak >= CLIENTS // 2, evidence
 
 
-def test_sessions_terminated_between_requests_fail_none(pg_database, variant, unique_name):
+@pytest.mark.parametrize("kind, server_args", [
+    ("uvicorn", dict(workers=2)),
+    ("gevent", dict(workers=2)),
+    ("gthread", dict(workers=2, threads=4)),
+])
+def test_sessions_terminated_between_requests_fail_none(pg_database, variant, unique_name,
+                                                        kind, server_args):
     env = _env(pg_database, variant, unique_name, "transaction")
-    with servers.Server("uvicorn", env, workers=2) as server:
-        before = servers.run_load(server.port, ["/slow/?ms=20", "/"], clients=8, total=200)
+    paths = ["/slow/?ms=20", "/"] if kind == "uvicorn" else ["/pid/", "/"]
+    with servers.Server(kind, env, **server_args) as server:
+        before = servers.run_load(server.port, paths, clients=8, total=200)
         killed = servers.pg_terminate(pg_database.name, unique_name)
-        after = servers.run_load(server.port, ["/slow/?ms=20", "/"], clients=8, total=400)
+        after = servers.run_load(server.port, paths, clients=8, total=400)
         stderr = server.stderr()
-    evidence = (f"before: {before.summary()}; terminated {len(killed)}; after: "
+    evidence = (f"{kind} before: {before.summary()}; terminated {len(killed)}; after: "
                 f"{after.summary()}\nserver stderr:\n{stderr[-3000:]}")
     print(evidence)
     assert killed, evidence
