@@ -631,3 +631,12 @@ def test_per_alias_release_mode_and_atomic_requests():
                                                 mysql_manual={"KEEPALIVE": False},
                                                 pg_manual={"AUTOCOMMIT": True})):
         assert checks.check_databases() == []
+
+
+@override_settings(KEEPALIVE_RELEASE=TRANSACTION)
+def test_status_says_when_an_alias_is_released_per_request_anyway():
+    from keepalive_mw import status
+
+    said = "released per request"
+    assert any(said in w for w in status.warnings("pg_manual", conf.config_for("pg_manual")))
+    assert not any(said in w for w in status.warnings("default", conf.config_for("default")))
