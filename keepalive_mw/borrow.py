@@ -282,10 +282,17 @@ def _attach(front: BaseDatabaseWrapper) -> None:
         # is a plain wrapper with a connection of its own.
         front._ka_front = False
         return super(Front, front).connect()  # type: ignore[misc,no-any-return]
-    # What Django's connect() resets and may not be so already: a front only connects
-    # outside atomic blocks, where the block state is clean.
+    # What Django's connect() resets (a connection closed inside an atomic block leaves
+    # needs_rollback and closed_in_transaction set).
+    front.in_atomic_block = False
+    if front.savepoint_ids:
+        front.savepoint_ids = []
+    if front.atomic_blocks:
+        front.atomic_blocks = []
+    front.needs_rollback = False
     front.closed_in_transaction = False
     front.errors_occurred = False
+    front.health_check_done = True
     pool = pool_for(alias)
     previous = front._ka_carrier
     if previous is not None:
