@@ -13,6 +13,21 @@ persistent connections (CONN_MAX_AGE=600) are open. One "request" is:
 No query runs inside the loop: the figure is bookkeeping only. A ``SELECT 1`` round trip is
 measured once for scale.
 
+Release modes (``KEEPALIVE_RELEASE``): in mode "transaction" the library's work follows the
+queries (a session borrowed and given back per transaction, each cursor counted), so a
+second set of cases runs 0, 1 and 3 queries (``SELECT 1`` through a Django cursor, each in
+autocommit: one transaction each) per request on one alias, with one alias configured:
+
+* ``bare``: the queries alone on a persistent connection, no request bookkeeping at all;
+* ``django``: ``close_old_connections()`` around them (CONN_MAX_AGE=600);
+* ``keepalive`` (RELEASE "request") and ``keepalive_tx`` (RELEASE "transaction"): the
+  request signals around them, as above.
+
+The library's cost per request is the mode's time less the same queries alone, timed in
+the same process, interleaved (in keepalive_mw's processes outside any unit of work, where
+the thread keeps its session: what remains there of the library, in transaction mode the
+cursor counting, is not counted). The queries' own cost cancels out.
+
 ``python -m bench.micro`` prints the figures for SQLite files (no server needed).
 """
 
@@ -30,6 +45,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("keepalive", "django")
+# Modes of the query cases: the queries alone, Django, and keepalive_mw's two release modes.
+QUERY_MODES = ("bare", "django", "keepalive", "keepalive_tx")
 
 
 def _databases(backend: dict, configured: int, tmpdir: str) -> dict:
@@ -57,10 +74,12 @@ def _child(spec: dict) -> dict:
     databases = _databases(spec["backend"], spec["configured"], tmpdir)
     for cfg in databases.values():
         cfg["CONN_MAX_AGE"] = 600 if mode == "django" else 0
+    kept = mode.startswith("keepalive")
     settings.configure(
         DATABASES=databases,
-        INSTALLED_APPS=["keepalive_mw"] if mode == "keepalive" else [],
-        MIDDLEWARE=["keepalive_mw.middleware.KeepAliveMiddleware"] if mode == "keepalive" else [],
+        INSTALLED_APPS=["keepalive_mw"] if kept else [],
+        MIDDLEWARE=["keepalive_mw.middleware.KeepAliveMiddleware"] if kept else [],
+        KEEPALIVE_RELEASE="transaction" if mode == "keepalive_tx" else "request",
         USE_TZ=True, TIME_ZONE="UTC", SECRET_KEY="micro", DEBUG=False,
     )
     django.setup()
@@ -69,7 +88,7 @@ def _child(spec: dict) -> dict:
     aliases = list(databases)
     iterations = spec["iterations"]
 
-    if mode == "keepalive":
+    if kept:
         from keepalive_mw import units
 
         started, finished = units.on_request_started, units.on_request_finished
@@ -91,6 +110,21 @@ def _child(spec: dict) -> dict:
                 set_outcome(succeeded)
                 finished(None)
             return time.perf_counter() - t0
+
+        def query_loop(queries, n, around=True):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                if around:
+                    started(None)
+                connections["default"]
+                for _ in range(queries):
+                    with connections["default"].cursor() as cursor:
+                        cursor.execute("SELECT 1")
+                        cursor.fetchone()
+                if around:
+                    set_outcome(succeeded)
+                    finished(None)
+            return time.perf_counter() - t0
     else:
         def warm(used):
             # Only the aliases used are initialized on this thread, as in a process whose
@@ -111,6 +145,20 @@ def _child(spec: dict) -> dict:
                 close_old_connections()
             return time.perf_counter() - t0
 
+        def query_loop(queries, n, around=True):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                if around:
+                    close_old_connections()
+                connections["default"]
+                for _ in range(queries):
+                    with connections["default"].cursor() as cursor:
+                        cursor.execute("SELECT 1")
+                        cursor.fetchone()
+                if around:
+                    close_old_connections()
+            return time.perf_counter() - t0
+
     cases = [n for n in spec["used"] if n <= len(aliases)]
     timings: dict[int, list[float]] = {n: [] for n in cases}
     for _ in range(spec["repeats"]):  # cases interleaved, so drift hits all alike
@@ -121,9 +169,26 @@ def _child(spec: dict) -> dict:
             gc.collect()
             timings[n].append(loop(used, iterations) / iterations * 1e6)
 
+    # Requests running queries (one alias configured only): the modes' cost with queries.
+    query_timings: dict[str, dict[int, list[float]]] = {}
+    if spec.get("queries") and len(aliases) == 1:
+        # "bare" in every child: the cost of the queries in that very process, interleaved
+        # with the mode's own loop, so that machine drift cancels out.
+        query_modes = [mode, "bare"]
+        query_timings = {m: {q: [] for q in spec["queries"]} for m in query_modes}
+        warm(aliases[:1])
+        for _ in range(spec["repeats"]):
+            for q in spec["queries"]:
+                for m in query_modes:
+                    around = m != "bare"
+                    query_loop(q, max(1, iterations // 20), around)
+                    gc.collect()
+                    query_timings[m][q].append(query_loop(q, iterations, around)
+                                               / iterations * 1e6)
+
     # One SELECT 1 round trip, for scale.
     round_trip = []
-    if mode == "keepalive":
+    if kept:
         started(None)
     with connections["default"].cursor() as cursor:
         for _ in range(200):
@@ -131,7 +196,7 @@ def _child(spec: dict) -> dict:
             cursor.execute("SELECT 1")
             cursor.fetchone()
             round_trip.append((time.perf_counter() - t0) * 1e6)
-    if mode == "keepalive":
+    if kept:
         set_outcome(succeeded)
         finished(None)
     result = {
@@ -140,8 +205,11 @@ def _child(spec: dict) -> dict:
         "cases": {str(n): {"us_median": statistics.median(v), "us_min": min(v), "runs": v}
                   for n, v in timings.items()},
         "select1_us_median": statistics.median(round_trip),
+        "query_cases": {m: {str(q): {"us_min": min(v), "us_median": statistics.median(v),
+                                     "runs": v} for q, v in by_q.items()}
+                        for m, by_q in query_timings.items()},
     }
-    if mode == "keepalive":
+    if kept:
         from keepalive_mw import get_stats
 
         stats = get_stats()
@@ -151,22 +219,26 @@ def _child(spec: dict) -> dict:
 
 
 def run_micro(backend: dict | None = None, *, configured: int = 8, used=(0, 1, 2, 4, 8),
-              iterations: int = 20000, repeats: int = 5, timeout: float = 300) -> dict:
+              iterations: int = 20000, repeats: int = 5, timeout: float = 300,
+              queries=(0, 1, 3)) -> dict:
     """Time every case in child processes; return the figures (µs per request).
 
     ``backend``: ``{"kind": "sqlite"}`` (default: files in a temp dir) or ``{"kind":
     "postgresql", "name", "host", "port", "user", "password"}``. Each mode runs once with a
     single configured alias and once with ``configured`` aliases, so that the cost of
-    configured-but-unused aliases shows.
+    configured-but-unused aliases shows. With one alias configured, each mode also runs
+    requests of ``queries`` queries, and a child runs them in release mode "transaction".
     """
     backend = backend or {"kind": "sqlite"}
     results = []
     with tempfile.TemporaryDirectory(prefix="kamw_micro_") as tmpdir:
         for total in sorted({1, configured}):
-            for mode in MODES:
+            modes = MODES + (("keepalive_tx",) if total == 1 and queries else ())
+            for mode in modes:
                 spec = {"mode": mode, "configured": total, "backend": backend, "tmpdir": tmpdir,
-                        "used": [n for n in used if n <= total], "iterations": iterations,
-                        "repeats": repeats}
+                        "used": [] if mode == "keepalive_tx" else [n for n in used if n <= total],
+                        "iterations": iterations, "repeats": repeats,
+                        "queries": list(queries) if total == 1 else []}
                 env = {k: v for k, v in os.environ.items()
                        if not k.startswith(("KEEPALIVE_", "EXAMPLE_")) and k != "DJANGO_SETTINGS_MODULE"}
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -183,7 +255,23 @@ def run_micro(backend: dict | None = None, *, configured: int = 8, used=(0, 1, 2
 def summarize(results: list, backend_kind: str) -> dict:
     """Rows: mode × configured × used → median µs per request; plus derived figures."""
     rows = []
+    query_rows = []
     for r in results:
+        cases = r.get("query_cases", {})
+        bare = cases.get("bare", {})
+        for qmode, by_q in cases.items():
+            if qmode == "bare" and r["mode"] != "django":
+                continue  # shown once: from the process without keepalive_mw
+            for q, case in by_q.items():
+                row = {"mode": qmode, "queries": int(q),
+                       "us_per_request": round(case["us_min"], 3),
+                       "us_median": round(case["us_median"], 3),
+                       "runs_us": [round(x, 3) for x in case["runs"]]}
+                if qmode != "bare" and q in bare:
+                    # Less the same queries alone, timed in the same process.
+                    row["library_us"] = round(case["us_min"] - bare[q]["us_min"], 3)
+                    row["bare_us"] = round(bare[q]["us_min"], 3)
+                query_rows.append(row)
         for used, case in r["cases"].items():
             # Best of the repeats (as timeit advises): the least disturbed by other processes.
             rows.append({"mode": r["mode"], "configured": r["configured"], "used": int(used),
@@ -191,6 +279,7 @@ def summarize(results: list, backend_kind: str) -> dict:
                          "us_median": round(case["us_median"], 3),
                          "runs_us": [round(x, 3) for x in case["runs"]]})
     rows.sort(key=lambda row: (MODES.index(row["mode"]), row["configured"], row["used"]))
+    query_rows.sort(key=lambda row: (QUERY_MODES.index(row["mode"]), row["queries"]))
 
     def get(mode, configured, used):
         for row in rows:
@@ -228,7 +317,7 @@ def summarize(results: list, backend_kind: str) -> dict:
         "django_unused_aliases_extra_us": (None if get("django", 1, 0) is None else
                                            round(get("django", big, 0) - get("django", 1, 0), 3)),
     }
-    return {"backend": backend_kind, "rows": rows, "derived": derived}
+    return {"backend": backend_kind, "rows": rows, "derived": derived, "query_rows": query_rows}
 
 
 def markdown(micro: dict) -> str:
@@ -253,6 +342,28 @@ def markdown(micro: dict) -> str:
                  f"(Django: {d['django_unused_aliases_extra_us']:+.2f} µs, close_old_connections "
                  f"visits every configured alias); one SELECT 1 round trip for scale: "
                  f"{d['select1_round_trip_us']:.0f} µs ({micro['backend']}).")
+    query_rows = micro.get("query_rows") or []
+    if query_rows:
+        counts = sorted({row["queries"] for row in query_rows})
+        labels = {"bare": "the queries alone (persistent connection, no bookkeeping)",
+                  "django": "Django close_old_connections ×2",
+                  "keepalive": "keepalive_mw, RELEASE \"request\"",
+                  "keepalive_tx": "keepalive_mw, RELEASE \"transaction\""}
+        lines += ["", "| per request, one alias, µs (library cost: less the queries alone) | "
+                  + " | ".join(f"{q} quer{'y' if q == 1 else 'ies'}" for q in counts) + " |",
+                  "|---|" + "---:|" * len(counts)]
+        for mode in QUERY_MODES:
+            cells = []
+            for q in counts:
+                row = next((r for r in query_rows if (r["mode"], r["queries"]) == (mode, q)),
+                           None)
+                if row is None:
+                    cells.append("–")
+                elif "library_us" not in row:
+                    cells.append(f"{row['us_per_request']:.2f}")
+                else:
+                    cells.append(f"{row['us_per_request']:.2f} ({row['library_us']:+.2f})")
+            lines.append(f"| {labels[mode]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -80,6 +80,17 @@ def sleep(request):
     return _text(backend_pid())
 
 
+async def slow(request):
+    """An async view that awaits another service between two queries: a count, ``?ms=``
+    milliseconds of await (default 100, at most 5000), the last row. The benchmark's slow
+    view. In release mode "transaction" it holds no database session while it waits."""
+    milliseconds = min(float(request.GET.get("ms", "100")), 5000.0)
+    count = await Row.objects.acount()
+    await asyncio.sleep(milliseconds / 1000)
+    last = await Row.objects.order_by("-id").values_list("id", flat=True).afirst()
+    return _text(f"rows={count} last={last}")
+
+
 def stream_fail(request):
     """A streamed response whose generator writes, then fails after the headers left."""
 
@@ -114,16 +125,3 @@ async def async_view(request):
     count = await Row.objects.acount()
     exists = await Row.objects.filter(label="write").aexists()
     return _text(f"rows={count} any_write={exists}")
-
-
-SLOW_AWAIT_S = 0.1
-
-
-async def slow(request):
-    """A query, 100 ms of waiting on something else (standing in for an external API
-    call), a query: a request that holds whatever it took for the first query while it
-    waits. The benchmark's slow view."""
-    count = await Row.objects.acount()
-    await asyncio.sleep(SLOW_AWAIT_S)
-    last = await Row.objects.order_by("-id").values_list("id", flat=True).afirst()
-    return _text(f"rows={count} last={last}")

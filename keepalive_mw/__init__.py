@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0.dev0"
-__all__ = ["ConnectionWaitTimeout", "close_idle", "get_stats", "scope", "unit_finished",
-           "unit_started"]
+__all__ = ["ConnectionWaitTimeout", "close_idle", "get_stats", "hold_session", "scope",
+           "unit_finished", "unit_started"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,6 +15,10 @@ def __getattr__(name: str) -> Any:
         from . import units
 
         return getattr(units, name)
+    if name == "hold_session":
+        from .borrow import hold_session
+
+        return hold_session
     if name == "close_idle":
         from .lifecycle import close_idle
 

@@ -119,6 +119,7 @@ def _conflicts(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
     overrides = db.get(conf.ALIAS_KEY)
     values = _values(overrides if isinstance(overrides, dict) else {})
     engine = db.get("ENGINE", "")
+    found.extend(_release_conflicts(alias, db, overrides if isinstance(overrides, dict) else {}))
     if values["RESET_SESSION"]:
         if "postgresql" not in engine:
             found.append(checks.Warning(
@@ -203,6 +204,57 @@ def _pooler(alias: str, db: dict[str, Any], values: dict[str, Any]) -> list[chec
             f"keep. Set {conf.alias_setting(alias, 'RESET_SESSION')} = False and keep session "
             "state out of requests (SET LOCAL, pg_advisory_xact_lock), or use session mode.",
             id="keepalive_mw.E022",
+        ))
+    return found
+
+
+def _release_conflicts(alias: str, db: dict[str, Any],
+                       overrides: dict[str, Any]) -> list[checks.CheckMessage]:
+    """What keeps RELEASE = "transaction" from working as asked on ``alias``."""
+    if conf.value_for(overrides, conf.OPTIONS_BY_NAME["RELEASE"]) != conf.TRANSACTION:
+        return []
+    where = (conf.alias_setting(alias, "RELEASE") if "RELEASE" in overrides
+             else "KEEPALIVE_RELEASE")
+    just_this = (f"DATABASES[{alias!r}]['KEEPALIVE'] = {{'RELEASE': 'request'}}")
+    found: list[checks.CheckMessage] = []
+    if conf.vendor_of(alias) not in conf.TRANSACTION_RELEASE_VENDORS:
+        found.append(checks.Error(
+            f"{where} is 'transaction' but the backend of alias {alias!r} "
+            f"({db.get('ENGINE', '')}) cannot tell without a round trip whether a "
+            "transaction is open: its units of work keep their session to the end, as "
+            "with 'request'.",
+            hint="Release mode 'transaction' needs PostgreSQL (psycopg 3 or psycopg2) or "
+            "SQLite: mysqlclient does not expose the server's in-transaction flag, so a "
+            f"transaction begun with raw SQL would be split. Set {just_this}.",
+            id="keepalive_mw.E025",
+        ))
+    if conf.value_for(overrides, conf.OPTIONS_BY_NAME["RESET_SESSION"]):
+        found.append(checks.Error(
+            f"{where} is 'transaction' and KEEPALIVE_RESET_SESSION is on for alias "
+            f"{alias!r}: the two exclude each other, so the alias keeps 'request'.",
+            hint="RESET_SESSION is for code that changes session state (SET, temporary "
+            "tables, advisory locks); in release mode 'transaction' such state cannot "
+            "follow a unit from one transaction to the next, and a reset per transaction "
+            "would cost a round trip each. Keep 'request' with RESET_SESSION, or turn "
+            "RESET_SESSION off and keep session state inside keepalive_mw.hold_session().",
+            id="keepalive_mw.E026",
+        ))
+    if not db.get("AUTOCOMMIT", True):
+        found.append(checks.Warning(
+            f"{where} is 'transaction' but alias {alias!r} has AUTOCOMMIT False: it is "
+            "always inside a transaction, never idle between two, so its units of work "
+            "keep their session to the end, as with 'request'.",
+            hint=f"Turn AUTOCOMMIT on for this alias, or set {just_this} to say so.",
+            id="keepalive_mw.W016",
+        ))
+    if db.get("ATOMIC_REQUESTS"):
+        found.append(checks.Warning(
+            f"{where} is 'transaction' and alias {alias!r} has ATOMIC_REQUESTS: each view "
+            "runs in one transaction, which holds its session until the view returns.",
+            hint="Release mode 'transaction' then only frees the session around the view "
+            "(middleware, streamed bodies). Wrap the writes that need it in "
+            f"transaction.atomic() instead, or set {just_this}.",
+            id="keepalive_mw.W017",
         ))
     return found
 

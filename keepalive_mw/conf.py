@@ -9,7 +9,7 @@ and dropped whenever ``KEEPALIVE_*`` or ``DATABASES`` change (``override_setting
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from django.conf import settings
@@ -28,6 +28,14 @@ END_OF_REQUEST_POLICIES = (COMMIT_ON_SUCCESS, ROLLBACK)
 POOLER_TRANSACTION = "transaction"
 POOLER_SESSION = "session"
 POOL_MODES = (POOLER_TRANSACTION, POOLER_SESSION)
+# When a unit of work gives its server session back (KEEPALIVE_RELEASE): at its end, or
+# whenever it is idle between transactions (see borrow.py).
+REQUEST = "request"
+TRANSACTION = "transaction"
+RELEASE_MODES = (REQUEST, TRANSACTION)
+# Backends (DatabaseWrapper.vendor) whose driver says, without a round trip, whether a
+# transaction is open: what "idle between transactions" needs to be exact.
+TRANSACTION_RELEASE_VENDORS = ("postgresql", "sqlite")
 
 MIDDLEWARE_PATH = "keepalive_mw.middleware.KeepAliveMiddleware"
 SETTING_PREFIX = "KEEPALIVE_"
@@ -66,6 +74,10 @@ def _pool_mode(value: Any) -> str | None:
     if value is None or value in POOL_MODES:
         return None
     return "must be None, %s (the pooler's pool_mode)" % " or ".join(repr(m) for m in POOL_MODES)
+def _release_mode(value: Any) -> str | None:
+    if value in RELEASE_MODES:
+        return None
+    return "must be one of %s" % ", ".join(repr(m) for m in RELEASE_MODES)
 
 
 def _count_or_none(value: Any) -> str | None:
@@ -108,6 +120,9 @@ OPTIONS: tuple[Option, ...] = (
            "what happens to a transaction still open when a request or unit of work ends"),
     Option("RESET_SESSION", False, _bool, "E007",
            "reset session state (SET, temp tables, advisory locks) before reuse"),
+    Option("RELEASE", REQUEST, _release_mode, "E024",
+           "when a request, scope or task gives its server session back: 'request' (at its "
+           "end) or 'transaction' (whenever it is idle between transactions)"),
     Option("MAX_CONNECTIONS", None, _count_or_none, "E008",
            "bound on connections per process and alias; None: unbounded"),
     Option("WAIT_TIMEOUT", 30.0, _number, "E009",
@@ -160,6 +175,11 @@ class AliasConfig:
     leak_threshold: float | None
     pooler: str | None
     pgbouncer_admin: str | dict[str, Any] | None
+    release: str
+    # RELEASE is "transaction" and the alias can have it: autocommit on, no session reset,
+    # a backend whose driver reports open transactions. Otherwise the alias is released
+    # per request (manage.py check says why: keepalive_mw.E025, E026, W016).
+    transaction_release: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The settings by name, as reports show them (secrets hidden)."""
@@ -221,7 +241,34 @@ def resolve(alias: str) -> AliasConfig | None:
                 raise ImproperlyConfigured(f"{alias_setting(alias, option.name)} {problem}.")
             raise ImproperlyConfigured(f"{option.setting} {problem} (alias {alias!r}).")
         values[option.name.lower()] = value
-    return AliasConfig(alias=alias, **values)
+    config = AliasConfig(alias=alias, **values)
+    if config.release == TRANSACTION and not transaction_release_blockers(alias, config):
+        config = replace(config, transaction_release=True)
+    return config
+
+
+def vendor_of(alias: str) -> str | None:
+    """The ``vendor`` of an alias's backend (None when its ENGINE cannot be loaded)."""
+    from django.db.utils import load_backend
+
+    engine = settings.DATABASES.get(alias, {}).get("ENGINE") or "django.db.backends.dummy"
+    try:
+        return load_backend(engine).DatabaseWrapper.vendor
+    except Exception:
+        return None
+
+
+def transaction_release_blockers(alias: str, config: AliasConfig) -> list[str]:
+    """Why ``alias`` cannot give its session back between transactions (empty: it can)."""
+    blockers = []
+    vendor = vendor_of(alias)
+    if vendor not in TRANSACTION_RELEASE_VENDORS:
+        blockers.append("vendor")
+    if not settings.DATABASES.get(alias, {}).get("AUTOCOMMIT", True):
+        blockers.append("autocommit")
+    if config.reset_session:
+        blockers.append("reset_session")
+    return blockers
 
 
 # Resolved configurations by alias (None = unmanaged); a miss means "not resolved yet".
@@ -268,7 +315,9 @@ __all__ = [
     "AliasConfig",
     "COMMIT_ON_SUCCESS",
     "OPTIONS",
+    "REQUEST",
     "ROLLBACK",
+    "TRANSACTION",
     "config_for",
     "managed_aliases",
     "unmanaged_aliases",

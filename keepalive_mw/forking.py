@@ -55,7 +55,7 @@ def _forget_inherited(wrapper: BaseDatabaseWrapper) -> None:
 
 def after_fork_in_child() -> None:
     """Let go of every kept connection inherited from the parent process."""
-    from . import lifecycle
+    from . import borrow, lifecycle
 
     housekeeper.after_fork()
     metrics.after_fork()
@@ -72,7 +72,11 @@ def after_fork_in_child() -> None:
     for alias in connections:
         wrapper = getattr(storage, alias, None)
         if wrapper is not None and kept_of(wrapper) is not None:
-            _forget_inherited(wrapper)
+            if borrow.is_front(wrapper):
+                # A front (release mode "transaction"): the parent's session is its carrier's.
+                borrow.forget_inherited(wrapper, _forget_inherited)
+            else:
+                _forget_inherited(wrapper)
             lifecycle.keep_inherited(wrapper)
 
 

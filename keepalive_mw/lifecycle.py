@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from . import attribution, conf, health, housekeeper, hygiene, outage, units
+from . import attribution, borrow, conf, health, housekeeper, hygiene, outage, units
 from .pool import (
     CLOSE_BROKEN,
     CLOSE_ERRORS,
@@ -46,7 +46,11 @@ _django_create_connection: Callable[[str], BaseDatabaseWrapper] = _not_installed
 
 
 def create_connection(alias: str) -> BaseDatabaseWrapper:
-    """Replace ConnectionHandler.create_connection: hand out a kept wrapper if one is fit."""
+    """Replace ConnectionHandler.create_connection: hand out a kept wrapper if one is fit.
+
+    With ``RELEASE = "transaction"`` the thread gets a front instead, which borrows a kept
+    wrapper's session for each transaction (see ``borrow``).
+    """
     try:
         config = conf.config_for(alias)
     except ImproperlyConfigured:
@@ -56,19 +60,12 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
     if config is None:
         return _django_create_connection(alias)
     pool = pool_for(alias)
-    stats = pool.stats
-    while True:
-        wrapper = pool.take(config.max_connections, config.wait_timeout)
-        if wrapper is None:
-            break
-        kept: KeptConnection = wrapper._keepalive
-        wrapper._thread_ident = _thread.get_ident()
-        reason = hygiene.fit_for_reuse(wrapper, kept, config, stats)
-        if reason is None:
-            stats["connections_reused"] += 1
-            units.track(wrapper)
-            return wrapper
-        _close(wrapper, pool, reason)
+    if config.transaction_release:
+        return borrow.take_front(alias, pool)
+    wrapper = take_kept(pool, config)
+    if wrapper is not None:
+        units.track(wrapper)
+        return wrapper
     try:
         wrapper = _django_create_connection(alias)
     except BaseException:
@@ -78,9 +75,47 @@ def create_connection(alias: str) -> BaseDatabaseWrapper:
         pool.forget()  # in-memory databases die with their connection: Django keeps them
         return wrapper
     _keep(wrapper, pool)
-    attribution.install(wrapper, per_process=config.pooler != conf.POOLER_TRANSACTION)
+    _name(wrapper, config)
     units.track(wrapper)
     return wrapper
+
+
+def take_kept(pool: AliasPool, config: conf.AliasConfig) -> BaseDatabaseWrapper | None:
+    """Take an idle kept wrapper fit for reuse, or reserve a slot and return None.
+
+    Unfit ones met on the way are closed. At the bound, waits (``take``).
+    """
+    stats = pool.stats
+    while True:
+        wrapper = pool.take(config.max_connections, config.wait_timeout)
+        if wrapper is None:
+            return None
+        kept: KeptConnection = wrapper._keepalive
+        wrapper._thread_ident = _thread.get_ident()
+        reason = hygiene.fit_for_reuse(wrapper, kept, config, stats)
+        if reason is None:
+            stats["connections_reused"] += 1
+            return wrapper
+        _close(wrapper, pool, reason)
+
+
+def new_kept(alias: str, pool: AliasPool) -> BaseDatabaseWrapper:
+    """A new kept wrapper, not connected yet, in a slot ``take_kept`` reserved."""
+    try:
+        wrapper = _django_create_connection(alias)
+    except BaseException:
+        pool.forget()
+        raise
+    _keep(wrapper, pool)
+    _name(wrapper, conf.config_for(alias))
+    return wrapper
+
+
+def _name(wrapper: BaseDatabaseWrapper, config: conf.AliasConfig | None) -> None:
+    """Name the wrapper's sessions after this process, or after the app alone through a
+    transaction pooler (see ``attribution``)."""
+    per_process = config is None or config.pooler != conf.POOLER_TRANSACTION
+    attribution.install(wrapper, per_process=per_process)
 
 
 def _keep(wrapper: BaseDatabaseWrapper, pool: AliasPool) -> KeptConnection:
@@ -146,6 +181,9 @@ def release(wrappers: list[BaseDatabaseWrapper], failed: bool) -> None:
             delattr(storage, alias)
         pool = pool_for(alias)
         config = conf.config_for(alias)
+        if wrapper.__dict__.get("_ka_front"):
+            borrow.end_of_unit(wrapper, pool, config, failed)
+            continue
         if wrapper.connection is None:
             pool.discard(wrapper)
             continue
@@ -187,6 +225,7 @@ def close_idle(alias: str | None = None) -> int:
     closed = 0
     for pool in all_pools():
         if alias is None or pool.alias == alias:
+            borrow.drop_fronts(pool)
             for wrapper in pool.take_all_idle():
                 _close(wrapper, pool, CLOSE_IDLE)
                 closed += 1
@@ -199,10 +238,12 @@ def keep_inherited(wrapper: BaseDatabaseWrapper) -> None:
     Its session was the parent's and has been let go of (see forking); the object stays,
     with whatever code stored on it, as a kept wrapper of the child's pool. Its next use
     opens the child's own connection, and the next request on this thread adopts it.
+    A front (release mode "transaction") needs no slot: it has no session of its own.
     """
     pool = pool_for(wrapper.alias)
-    pool.reserve()
-    _keep(wrapper, pool)
+    if not borrow.is_front(wrapper):
+        pool.reserve()
+        _keep(wrapper, pool)
     units.thread_record.unscoped.append(wrapper)
     pool.held_outside(wrapper, None)
 

@@ -38,6 +38,7 @@ _COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "leak_warnings": ("leak_warnings", {}),
     "connections_retried": ("connections_retried", {}),
     "connections_unavailable": ("connections_unavailable", {}),
+    "connections_released": ("connections_released", {}),
 }
 
 
@@ -79,6 +80,10 @@ def _create() -> dict[str, Any]:
         "connections_unavailable": counter(
             "connections_unavailable",
             "Connects given up after CONNECT_RETRY seconds of an unavailable server."),
+        "connections_released": counter(
+            "connections_released",
+            "Connections given back between two transactions of a unit (RELEASE "
+            "'transaction')."),
         "connections": Gauge("django_keepalive_connections", "Connections held, by state.",
                              ["alias", "vendor", "state"], multiprocess_mode="livesum"),
         "unscoped_age": Gauge("django_keepalive_connections_unscoped_age_seconds",

@@ -47,6 +47,7 @@ COUNTERS = (
     "connections_retried",
     "connections_retry_wait_ms",
     "connections_unavailable",
+    "connections_released",
 )
 
 
@@ -129,6 +130,10 @@ class AliasPool:
         # current outage; None while connects succeed. What logs an outage once, not once
         # per request.
         self.outage_since: float | None = None
+        # Fronts no thread holds (release mode "transaction", see borrow.py): wrappers
+        # without a session of their own, kept so that what Django caches on a wrapper
+        # (server version, features) is computed once. Not counted against the bound.
+        self._fronts: list[BaseDatabaseWrapper] = []
 
     # -- taking and giving back -----------------------------------------------------
 
@@ -178,7 +183,8 @@ class AliasPool:
         """Keep a clean wrapper with a live connection for the next user."""
         with self._lock:
             self._idle.append(wrapper)
-            self._freed.notify()
+            if self.waiting:  # Condition.notify() costs two lock operations even for none
+                self._freed.notify()
 
     def track(self, wrapper: BaseDatabaseWrapper) -> KeptConnection:
         """Make a new wrapper from a reserved slot a kept one."""
@@ -202,6 +208,19 @@ class AliasPool:
     def _collected(self, kept: KeptConnection) -> None:
         self.held_in_unit(kept)
         self.forget()
+
+    def take_front(self) -> BaseDatabaseWrapper | None:
+        with self._lock:
+            return self._fronts.pop() if self._fronts else None
+
+    def give_back_front(self, front: BaseDatabaseWrapper) -> None:
+        with self._lock:
+            self._fronts.append(front)
+
+    def drop_fronts(self) -> list[BaseDatabaseWrapper]:
+        with self._lock:
+            fronts, self._fronts = self._fronts, []
+        return fronts
 
     # -- held outside requests and units ---------------------------------------------
 

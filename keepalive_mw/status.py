@@ -125,6 +125,10 @@ def warnings(alias: str, config: conf.AliasConfig | None) -> list[str]:
                      "only found by a failing query")
     if config.max_connections is not None and config.wait_timeout == 0:
         found.append("WAIT_TIMEOUT is 0: at the bound requests fail at once")
+    if config.release == conf.TRANSACTION and not config.transaction_release:
+        found.append("RELEASE is 'transaction' but this alias is released per request "
+                     "(MySQL/MariaDB, AUTOCOMMIT off or RESET_SESSION: manage.py check "
+                     "says which)")
     if not db.get("AUTOCOMMIT", True) and config.end_of_request == conf.ROLLBACK:
         found.append("AUTOCOMMIT is off and END_OF_REQUEST is 'rollback': every write that "
                      "is not committed explicitly is lost")

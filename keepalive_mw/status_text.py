@@ -49,6 +49,7 @@ def _settings(values: dict[str, Any]) -> str:
         f"idle timeout {_seconds(values['IDLE_TIMEOUT'])}",
         f"end of request {values['END_OF_REQUEST']}",
         f"reset session {'on' if values['RESET_SESSION'] else 'off'}",
+        f"release per {values['RELEASE']}",
         "bound none" if bound is None else
         f"bound {bound} (wait {_seconds(values['WAIT_TIMEOUT'])})",
     ])

@@ -36,3 +36,37 @@ print("reused", len(pids) == 1,
       "statuses", sorted({status for status, _ in results}),
       "new_pids", len({body for _, body in results}),
       "closed_broken", stats["connections_closed_broken"])
+
+if os.environ.get("KEEPALIVE_TEST_RELEASE") == "transaction":
+    # Release mode "transaction" reads psycopg2's own transaction status.
+    from django.db import connections, transaction
+
+    import keepalive_mw
+
+    def backend_pid():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    def unit():
+        front = connections["default"]
+        backend_pid()
+        released = front.connection is None
+        with transaction.atomic():
+            first = backend_pid()
+            same_in_atomic = backend_pid() == first and front.connection is not None
+        with front.cursor() as cursor:
+            cursor.execute("BEGIN")
+        held_in_raw_transaction = front.connection is not None
+        with front.cursor() as cursor:
+            cursor.execute("COMMIT")
+        with front.chunked_cursor() as named:
+            named.execute("SELECT generate_series(1, 3)")
+            named.fetchone()
+            with front.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_cursors")
+                cursor_in_session = cursor.fetchone()[0] == 1
+        return (released and same_in_atomic and held_in_raw_transaction
+                and cursor_in_session and front.connection is None)
+
+    print("transaction_mode", in_thread(keepalive_mw.scope()(unit)))

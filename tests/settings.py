@@ -78,3 +78,7 @@ TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 KEEPALIVE_MAX_AGE = 600
+
+# KEEPALIVE_TEST_RELEASE=transaction runs the whole suite in release mode "transaction"
+# (tests that count checkouts per request assume "request" and say so).
+KEEPALIVE_RELEASE = os.environ.get("KEEPALIVE_TEST_RELEASE", "request")

@@ -19,6 +19,7 @@ def test_defaults():
         "IDLE_TIMEOUT": 300.0, "END_OF_REQUEST": "commit_on_success",
         "RESET_SESSION": False, "MAX_CONNECTIONS": None, "WAIT_TIMEOUT": 30.0,
         "CONNECT_RETRY": 10.0, "LEAK_THRESHOLD": None, "POOLER": None, "PGBOUNCER_ADMIN": None,
+        "RELEASE": "request",
     }
 
 

@@ -7,15 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_psycopg2_connections_are_kept_and_checked_without_a_round_trip():
+@pytest.mark.parametrize("release", ["request", "transaction"])
+def test_psycopg2_connections_are_kept_and_checked_without_a_round_trip(release):
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "psycopg2_script.py")], cwd=ROOT,
         capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "KEEPALIVE_TEST_RELEASE": release},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.split() == [
-        "reused", "True", "statuses", "[200]", "new_pids", "1", "closed_broken", "1"]
+    expected = ["reused", "True", "statuses", "[200]", "new_pids", "1", "closed_broken", "1"]
+    if release == "transaction":
+        expected += ["transaction_mode", "True"]
+    assert result.stdout.split() == expected

@@ -20,4 +20,7 @@ urlpatterns = [
     path("dirty_session/<str:alias>/", views.dirty_session),
     path("session_state/<str:alias>/", views.session_state),
     path("failed_query/<str:alias>/", views.failed_query),
+    path("pause/<str:alias>/", views.pause),
+    path("apause/<str:alias>/", views.apause),
+    path("pause_atomic/<str:alias>/", views.pause_atomic),
 ]

@@ -1,4 +1,7 @@
-from django.db import connections
+import asyncio
+
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
 from django.http import HttpResponse, StreamingHttpResponse
 
 from .models import Item
@@ -133,3 +136,38 @@ def astream_fail(request, alias):
         raise RuntimeError("deliberate failure mid-stream")
 
     return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
+# Called between the two queries of the pause views (a test's barrier, a terminate-all):
+# set by tests, None otherwise.
+pause_hook = None
+
+
+def _pause():
+    if pause_hook is not None:
+        pause_hook()
+
+
+def pause(request, alias):
+    """Query, pause (as a view awaiting another service would), query: both sessions."""
+    first = backend_pid(alias)
+    _pause()
+    return text(f"{first} {backend_pid(alias)}")
+
+
+async def apause(request, alias):
+    first = await sync_to_async(backend_pid)(alias)
+    if pause_hook is not None:
+        await asyncio.to_thread(pause_hook)
+    second = await sync_to_async(backend_pid)(alias)
+    return text(f"{first} {second}")
+
+
+def pause_atomic(request, alias):
+    """The same inside one atomic block, with a row lock: one session throughout."""
+    with transaction.atomic(using=alias):
+        first = backend_pid(alias)
+        list(Item.objects.using(alias).select_for_update().filter(name="locked"))
+        _pause()
+        second = backend_pid(alias)
+    return text(f"{first} {second}")
