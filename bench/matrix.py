@@ -21,6 +21,10 @@ VARIANTS = {
     "keepalive_pgbouncer": ("keepalive_mw through PgBouncer (transaction mode)",
                             {"EXAMPLE_VARIANT": "keepalive", "KEEPALIVE_POOLER": '"transaction"',
                              **_THROUGH_PGBOUNCER}, True),
+    # Sessions follow in-flight queries; a bound of 4 per process (8 for the 2 workers).
+    "keepalive_tx": ("keepalive_mw, RELEASE \"transaction\", MAX_CONNECTIONS 4",
+                     {"EXAMPLE_VARIANT": "keepalive", "KEEPALIVE_RELEASE": '"transaction"',
+                      "KEEPALIVE_MAX_CONNECTIONS": "4"}, False),
     "keepalive": ("keepalive_mw (defaults, health checks on)", {"EXAMPLE_VARIANT": "keepalive"}, False),
 }
 REFERENCE = "keepalive"
@@ -57,7 +61,7 @@ VIEWS = {
 }
 # Variants served on the slow view. Not CONN_MAX_AGE: under ASGI it leaks (see LEAKY),
 # 64 clients would only show "too many clients".
-SLOW_VARIANTS = ("default", "pool", "pgbouncer", "keepalive_pgbouncer", "keepalive")
+SLOW_VARIANTS = ("default", "pool", "pgbouncer", "keepalive_pgbouncer", "keepalive_tx", "keepalive")
 
 # Variants expected to leak server connections under a server: run short (a finding).
 # Under ASGI every request runs on a new thread, under gevent every HTTP connection in a new

@@ -95,7 +95,26 @@ def targets(rows: list, micro: dict | None, fleet_results: dict | None = None) -
                     f"load, {leak['errors']} failed requests"
                     + (" (PostgreSQL refused connections: too many clients)"
                        if leak["too_many_clients"] else ""), None))
-    for variant in ("keepalive", "keepalive_pgbouncer"):
+    # Release mode "transaction" against request mode ("keepalive"), on both views.
+    tx, rq = _find(rows, "keepalive_tx", "uvicorn", "slow"), _find(rows, REFERENCE, "uvicorn", "slow")
+    if tx and rq and rq["rps"]:
+        value = tx["rps"] / rq["rps"]
+        out.append(("uvicorn, slow view: RELEASE \"transaction\" ≥ 0.95× \"request\", "
+                    "≤ 8 server sessions, 0 errors",
+                    f"{value:.2f}× ({tx['rps']:.0f} vs {rq['rps']:.0f} req/s), peak "
+                    f"{tx['conns_peak']} sessions, {_errors(tx)} errors",
+                    value >= 0.95 and tx["conns_peak"] <= 8 and tx["errors"] == 0))
+    for server in ("sync", "uvicorn"):
+        tx, rq = _find(rows, "keepalive_tx", server), _find(rows, REFERENCE, server)
+        if tx and rq and rq["rps"]:
+            value = tx["rps"] / rq["rps"]
+            text = f"{value:.2f}× ({tx['rps']:.0f} vs {rq['rps']:.0f} req/s"
+            if tx["rounds"] > 1:
+                text += (f"; rounds {tx['rps_min']:.0f}–{tx['rps_max']:.0f} vs "
+                         f"{rq['rps_min']:.0f}–{rq['rps_max']:.0f}")
+            out.append((f"{SERVERS[server][0]}, fast view: RELEASE \"transaction\" ≥ 0.92× "
+                        "\"request\"", text + ")", value >= 0.92))
+    for variant in ("keepalive", "keepalive_pgbouncer", "keepalive_tx"):
         slow = _find(rows, variant, "uvicorn", "slow")
         if slow:  # a connection held through the await: a finding, what a later mode improves
             out.append((f"uvicorn, slow view: {VARIANTS[variant][0]}, server sessions per 100 req/s",
@@ -374,6 +393,7 @@ def chart(data: dict, path: Path) -> bool:
     variants = [v for v in VARIANTS if any(v in bars for _label, bars in groups)]
     colors = {"default": "#9e9e9e", "conn_max_age": "#64b5f6", "conn_max_age_checks": "#1565c0",
               "pool": "#ffb74d", "pgbouncer": "#8d6e63", "keepalive_pgbouncer": "#81c784",
+              "keepalive_tx": "#00897b",
               "keepalive": "#2e7d32"}
     celery_rows = (data.get("celery") or {}).get("summary")
     size = (max(12, 2 * len(groups)), 12.5 if celery_rows else 9)
