@@ -58,8 +58,14 @@ VIEWS = {
     "slow": View("async view: a query, 100 ms await (an external API call), a query", "/slow/", 2,
                  'SELECT "shop_row"."id" AS "id" FROM "shop_row" ORDER BY 1 DESC LIMIT',
                  {"uvicorn": 64}),
+    # The same queries in a sync view that sleeps: threads (gthread) and greenlets (gevent)
+    # hold what they took while they wait, as async views do.
+    "slow_sync": View("sync view: a query, 100 ms sleep (an external API call), a query",
+                      "/slow-sync/", 2,
+                      'SELECT "shop_row"."id" AS "id" FROM "shop_row" ORDER BY 1 DESC LIMIT',
+                      {"gthread": 16, "gevent": 64}),
 }
-# Variants served on the slow view. Not CONN_MAX_AGE: under ASGI it leaks (see LEAKY),
+# Variants served on the slow views. Not CONN_MAX_AGE: under ASGI it leaks (see LEAKY),
 # 64 clients would only show "too many clients".
 SLOW_VARIANTS = ("default", "pool", "pgbouncer", "keepalive_pgbouncer", "keepalive_tx", "keepalive")
 
@@ -75,12 +81,16 @@ def _db(variant: str) -> str:
     return f"bench_{variant}"
 
 
+SLOW_VIEWS = ("slow", "slow_sync")
+
+
 def cells(variants, servers, slow_variants) -> list:
     """One round's cells, (variant, server, view): the fast view on every server, then the
-    slow view on its servers."""
+    slow views on theirs."""
     out = [(v, s, "fast") for s in servers for v in variants]
-    for server in VIEWS["slow"].servers:
-        out += [(v, server, "slow") for v in slow_variants]
+    for view in SLOW_VIEWS:
+        for server in VIEWS[view].servers:
+            out += [(v, server, view) for v in slow_variants]
     return out
 
 

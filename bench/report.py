@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from bench import chaos, fleet, workers
-from bench.matrix import LEAKY, REFERENCE, SERVERS, VARIANTS, VIEWS
+from bench.matrix import LEAKY, REFERENCE, SERVERS, SLOW_VIEWS, VARIANTS, VIEWS
 
 # -- aggregation -------------------------------------------------------------------------------
 
@@ -114,12 +114,16 @@ def targets(rows: list, micro: dict | None, fleet_results: dict | None = None) -
                          f"{rq['rps_min']:.0f}–{rq['rps_max']:.0f}")
             out.append((f"{SERVERS[server][0]}, fast view: RELEASE \"transaction\" ≥ 0.92× "
                         "\"request\"", text + ")", value >= 0.92))
-    for variant in ("keepalive", "keepalive_pgbouncer", "keepalive_tx"):
-        slow = _find(rows, variant, "uvicorn", "slow")
-        if slow:  # a connection held through the await: a finding, what a later mode improves
-            out.append((f"uvicorn, slow view: {VARIANTS[variant][0]}, server sessions per 100 req/s",
-                        f"{_fmt(slow['sessions_per_100rps'], '.1f')} (peak {slow['conns_peak']} at "
-                        f"{slow['rps']:.0f} req/s, {_errors(slow)} errors)", None))
+    for view in SLOW_VIEWS:
+        for server in VIEWS[view].servers:
+            for variant in ("keepalive", "keepalive_pgbouncer", "keepalive_tx"):
+                slow = _find(rows, variant, server, view)
+                if slow:  # sessions held through the wait: findings, per release mode
+                    out.append((f"{SERVERS[server][0]}, {view.replace('_', ' ')} view: "
+                                f"{VARIANTS[variant][0]}, server sessions per 100 req/s",
+                                f"{_fmt(slow['sessions_per_100rps'], '.1f')} (peak "
+                                f"{slow['conns_peak']} at {slow['rps']:.0f} req/s, "
+                                f"{_errors(slow)} errors)", None))
     for run in (fleet_results or {}).get("runs", []):
         if run["pool_size"]:
             out.append((f"fleet through PgBouncer: server sessions ≤ default_pool_size ({run['pool_size']})",
@@ -269,7 +273,10 @@ def markdown(data: dict) -> str:
             f"{f['server']}/{f.get('view', 'fast')}/{f['variant']} round {f['round']}: {f['error'][:120]}"
             for f in data["failures"]))
     lines.append("")
-    lines += _slow_markdown([r for r in rows if r.get("view") == "slow"])
+    for view in SLOW_VIEWS:
+        for server in VIEWS[view].servers:
+            lines += _slow_markdown(view, [r for r in rows
+                                           if (r.get("view"), r["server"]) == (view, server)])
     if data.get("fleet"):
         lines += _fleet_markdown(data["fleet"])
     if data.get("chaos"):
@@ -293,13 +300,15 @@ def _errors(row) -> str:
     return str(row["errors"]) + (" (too many clients)" if row["too_many_clients"] else "")
 
 
-def _slow_markdown(rows: list) -> list:
+def _slow_markdown(name: str, rows: list) -> list:
     if not rows:
         return []
-    view = VIEWS["slow"]
+    view = VIEWS[name]
     server = SERVERS[rows[0]["server"]]
+    threads = f" × {server[3]} threads" if server[1] == "gthread" else ""
     lines = [
-        f"### Slow view: {server[0]}, {server[2]} workers, {rows[0]['clients']} clients",
+        f"### Slow {'sync ' if name == 'slow_sync' else ''}view: {server[0]}, {server[2]} "
+        f"workers{threads}, {rows[0]['clients']} clients",
         "",
         f"`{view.path}`: {view.label}. A request holds what it took for its first query while "
         "it waits: *sessions per 100 req/s* is the server sessions at peak per 100 requests/s "

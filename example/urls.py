@@ -12,6 +12,7 @@ urlpatterns = [
     path("stream/", views.stream),
     path("async/", views.async_view),
     path("slow/", views.slow),
+    path("slow-sync/", views.slow_sync),
     path("sleep/", views.sleep),
     path("stream-fail/", views.stream_fail),
     path("tenant/", views.tenant),

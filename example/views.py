@@ -91,6 +91,17 @@ async def slow(request):
     return _text(f"rows={count} last={last}")
 
 
+def slow_sync(request):
+    """The slow view's queries in a sync view: a count, ``?ms=`` milliseconds of sleep
+    (default 100, at most 5000), the last row. Under gthread and gevent the thread or
+    greenlet holds what it took while it sleeps, unless release mode is "transaction"."""
+    milliseconds = min(float(request.GET.get("ms", "100")), 5000.0)
+    count = Row.objects.count()
+    time.sleep(milliseconds / 1000)
+    last = Row.objects.order_by("-id").values_list("id", flat=True).first()
+    return _text(f"rows={count} last={last}")
+
+
 def stream_fail(request):
     """A streamed response whose generator writes, then fails after the headers left."""
 
