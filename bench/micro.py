@@ -111,20 +111,12 @@ def _child(spec: dict) -> dict:
                 finished(None)
             return time.perf_counter() - t0
 
-        def query_loop(queries, n, around=True):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                if around:
-                    started(None)
-                connections["default"]
-                for _ in range(queries):
-                    with connections["default"].cursor() as cursor:
-                        cursor.execute("SELECT 1")
-                        cursor.fetchone()
-                if around:
-                    set_outcome(succeeded)
-                    finished(None)
-            return time.perf_counter() - t0
+        def request_started():
+            started(None)
+
+        def request_finished():
+            set_outcome(succeeded)
+            finished(None)
     else:
         def warm(used):
             # Only the aliases used are initialized on this thread, as in a process whose
@@ -145,19 +137,23 @@ def _child(spec: dict) -> dict:
                 close_old_connections()
             return time.perf_counter() - t0
 
-        def query_loop(queries, n, around=True):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                if around:
-                    close_old_connections()
-                connections["default"]
-                for _ in range(queries):
-                    with connections["default"].cursor() as cursor:
-                        cursor.execute("SELECT 1")
-                        cursor.fetchone()
-                if around:
-                    close_old_connections()
-            return time.perf_counter() - t0
+        request_started = request_finished = close_old_connections
+
+    def query_loop(queries, n, around=True):
+        """``n`` requests of ``queries`` queries on one alias; ``around=False``: the
+        queries alone, without the request's start and end."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            if around:
+                request_started()
+            connections["default"]
+            for _ in range(queries):
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                    cursor.fetchone()
+            if around:
+                request_finished()
+        return time.perf_counter() - t0
 
     cases = [n for n in spec["used"] if n <= len(aliases)]
     timings: dict[int, list[float]] = {n: [] for n in cases}
